@@ -1,0 +1,75 @@
+"""``pipeline bench``: side-by-side benchmarks that print ratios measured in one run.
+
+These machines are shared and noisy, so every figure is a ratio of kinds/modes measured in
+the same invocation, never an absolute time compared across runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pipelines.options import parse_int_list
+
+
+def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """Print ``rows`` as an aligned text table with ``columns`` (missing keys shown as '-')."""
+    click.echo(title)
+    cells = [[_fmt(row.get(col)) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(c[i]) for c in cells)) if cells else len(col) for i, col in enumerate(columns)]
+    click.echo("  ".join(col.rjust(w) for col, w in zip(columns, widths)))
+    for line in cells:
+        click.echo("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _emit(rows: list[dict], summary: list[dict] | dict, as_json: bool, title: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"benchmark": title, "rows": rows, "summary": summary}, indent=None))
+        return
+    _print_table(f"{title}: raw measurements", rows, list(rows[0].keys()) if rows else [])
+    click.echo()
+    summary_rows = summary if isinstance(summary, list) else [summary]
+    _print_table(f"{title}: ratios (measured side by side in this run)", summary_rows,
+                 list(summary_rows[0].keys()) if summary_rows else [])
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: peak memory of BPTT vs AMRB, and attention cost vs length."""
+
+
+@bench.command()
+@click.option("--segments", default="4,8,16,32", show_default=True,
+              help="Comma-separated segment counts (equal segment length, so L = T * segment length).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the raw rows.")
+def memory(segments: str, device: str | None, as_json: bool) -> None:
+    """Peak memory and step time of one training step, BPTT vs AMRB, each in a fresh process."""
+    from rmaat.benchmarks.memory_bench import run_memory_bench, summarise
+
+    counts = parse_int_list(segments, "--segments")
+    rows = run_memory_bench(segments=counts, device=device, progress=not as_json)
+    _emit(rows, summarise(rows), as_json, "memory")
+
+
+@bench.command()
+@click.option("--lengths", default="1024,2048,4096,8192,16384", show_default=True,
+              help="Comma-separated sequence lengths.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the raw rows.")
+def attention(lengths: str, device: str | None, as_json: bool) -> None:
+    """Forward+backward time and memory of astromorphic vs linear vs softmax attention."""
+    from rmaat.benchmarks.attention_bench import run_attention_bench, summarise
+
+    values = parse_int_list(lengths, "--lengths")
+    rows = run_attention_bench(lengths=values, device=device, progress=not as_json)
+    _emit(rows, summarise(rows), as_json, "attention")

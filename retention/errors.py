@@ -1,0 +1,5 @@
+"""Errors a user can cause (missing or corrupt table, unknown segment count)."""
+
+
+class RetentionTableError(ValueError):
+    """A retention table is missing, corrupt or lacks the requested entry; the message says how to fix it."""
