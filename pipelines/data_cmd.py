@@ -1,0 +1,104 @@
+"""``pipeline data``: generate ListOps / Pathfinder in LRA's layout; check a data directory.
+
+``generate`` writes into a temporary directory beside ``--out`` and renames it into place when
+complete, so an interrupted run never leaves a half-written data set under ``--out``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from rmaat.errors import ConfigError
+
+#: LRA's full sizes, used when --size is not given.
+DEFAULT_SIZES = {"listops": 100_000, "pathfinder": 200_000}
+#: Smallest sizes the split rules accept (one example per split / an 80-10-10 split).
+MIN_SIZES = {"listops": 3, "pathfinder": 10}
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``, replacing what is there (already confirmed)."""
+    backup = None
+    if out.exists():
+        if any(out.iterdir()):
+            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, backup)
+        else:
+            out.rmdir()
+    os.rename(tmp, out)
+    if backup is not None:
+        shutil.rmtree(backup)
+
+
+@click.group()
+def data() -> None:
+    """Long Range Arena data: generate ListOps/Pathfinder, check a data directory."""
+
+
+@data.command()
+@click.option("--task", required=True, help="listops or pathfinder (the tasks LRA generates).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output directory (official layout is written inside it).")
+@click.option("--size", type=int, default=None,
+              help="Total examples over all splits [default: LRA's, listops 100000 "
+                   "(96000/2000/2000), pathfinder 200000 (80/10/10)].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def generate(task: str, out: Path, size: int | None, seed: int, force: bool) -> None:
+    """Generate a data set from the published rules, written in LRA's layout."""
+    from rmaat.data import get_task
+
+    spec = get_task(task)
+    if spec.generator is None:
+        raise ConfigError(f"task {task!r} is not generated (only {', '.join(DEFAULT_SIZES)}); "
+                          f"to get it, {spec.obtain}")
+    size = DEFAULT_SIZES[task] if size is None else size
+    if size < MIN_SIZES[task]:
+        raise ConfigError(f"--size {size} is too small for {task}; give at least {MIN_SIZES[task]}")
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} is not empty; pass --force to replace it "
+                          "or choose another directory")
+    module_name, function = spec.generator.split(":")
+    generator = getattr(importlib.import_module(module_name), function)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    start = time.perf_counter()
+    try:
+        sizes = generator(tmp, size=size, seed=seed, progress=True)
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    seconds = time.perf_counter() - start
+    counts = ", ".join(f"{split} {n}" for split, n in sizes.items())
+    click.echo(f"wrote {spec.title} to {out} ({counts}; seed {seed}; {seconds:.1f} s)")
+    click.echo(f"next: pipeline data check --task {task} --data-dir {out}")
+
+
+@data.command()
+@click.option("--task", required=True,
+              help="listops, text, retrieval, image, pathfinder or fashion_mnist.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory holding the data (the task folder, its parent or the unpacked "
+                   "LRA release); fashion_mnist defaults to the Debian package's folder.")
+@click.pass_context
+def check(ctx: click.Context, task: str, data_dir: Path | None) -> None:
+    """Validate a data directory: counts per split and label balance, or what is missing."""
+    from rmaat.data.check import check_task
+
+    report = check_task(task, data_dir)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        ctx.exit(1)
