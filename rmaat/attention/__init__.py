@@ -1,0 +1,28 @@
+"""Attention layers of RMAAT: astromorphic (RMAAT), linear (Katharopoulos) and softmax.
+
+Build one with ``build_attention(AttentionConfig(kind=...))`` (Contract 3 in
+docs/architecture.md). Importing this package does not import torch: the names below are
+loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "AttentionConfig": "rmaat.attention.config",
+    "build_attention": "rmaat.attention.config",
+    "AstromorphicAttention": "rmaat.attention.astromorphic",
+    "LinearAttention": "rmaat.attention.linear",
+    "SoftmaxAttention": "rmaat.attention.softmax",
+    "decay_apply": "rmaat.attention.positional",
+    "decay_matrix": "rmaat.attention.positional",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rmaat.attention' has no attribute {name!r}")
