@@ -1,0 +1,147 @@
+"""``pipeline train`` and ``pipeline evaluate``.
+
+    pipeline train --task listops --data-dir d --max-steps 50 --run-dir r
+    torchrun --nproc-per-node 4 -m pipelines.cli train --task retrieval --data-dir lra_release
+    pipeline train --run-dir r --resume            # continue an interrupted run
+    pipeline evaluate --checkpoint r/checkpoints/best.pt --split test
+
+The run config is the task's packaged YAML (``rmaat/configs/<task>.yaml``, or ``--config FILE``)
+with the options below applied on top; ``--set section.field=value`` reaches every other field
+(e.g. ``--set train.grad_accum=4``, ``--set model.n_mem=4``, ``--set optim.schedule=linear``).
+torch is imported only when a command runs, inside the rmaat.train modules.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+#: CLI option -> run-config key (see rmaat.train.config).
+OPTION_KEYS: dict[str, str] = {
+    "preset": "model.preset",
+    "backprop": "model.backprop",
+    "segments": "model.segments",
+    "d_model": "model.d_model",
+    "layers": "model.n_layers",
+    "seq_len": "data.seq_len",
+    "data_dir": "data.data_dir",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "device": "train.device",
+    "seed": "train.seed",
+    "eval_every": "train.eval_every",
+}
+
+
+def resolve_config(task: str | None, config_path: str | None, run_dir: str | None, resume: bool,
+                   options: dict[str, object], set_items: tuple[str, ...]):
+    """The run config: a base plus the given options and ``--set`` items (later wins).
+
+    The base is ``--config``, else (with ``--resume``) the run's own ``config.yaml``, else the
+    task's packaged YAML. Resuming with the original command line therefore works, and any
+    option that changes what is trained is refused by the checkpoint's config hash.
+    """
+    from rmaat.errors import ConfigError
+    from rmaat.train.config import (
+        apply_overrides, available_tasks, load_config_file, load_task_config, parse_set_options,
+    )
+
+    saved = Path(run_dir) / "config.yaml" if run_dir is not None else None
+    if config_path is None and resume and saved is not None and saved.is_file():
+        config_path = saved  # resuming: the run's own resolved config, so only changes show up
+    if config_path is not None:
+        config = load_config_file(config_path)
+        if task is not None and task != config.task:
+            raise ConfigError(f"--task {task} contradicts task {config.task!r} in {config_path}; drop one")
+    elif task is not None:
+        config = load_task_config(task)
+    else:
+        raise ConfigError(f"give --task (one of {', '.join(available_tasks())}) or --config FILE"
+                          + ("" if not resume else ", or --run-dir of a run to resume"))
+    overrides = {OPTION_KEYS[name]: value for name, value in options.items() if value is not None}
+    overrides.update(parse_set_options(set_items))
+    config = apply_overrides(config, overrides)
+    config.validate()
+    return config
+
+
+@click.command()
+@click.option("--task", default=None, help="listops, text, retrieval, image, pathfinder or fashion_mnist.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="A run-config YAML to start from instead of the task's packaged one.")
+@click.option("--preset", default=None, help="rmaat (default), rmt, rlt, at or transformer.")
+@click.option("--backprop", default=None, type=click.Choice(["amrb", "bptt"]),
+              help="Training mode through the segments (default: the preset's).")
+@click.option("--max-steps", type=int, default=None, help="Optimiser steps.")
+@click.option("--batch-size", type=int, default=None, help="Examples per optimiser step and process.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--segments", type=int, default=None, help="Segments T per input (seq_len / T tokens each).")
+@click.option("--seq-len", type=int, default=None, help="Tokens per input (per document for retrieval).")
+@click.option("--d-model", type=int, default=None, help="Model width.")
+@click.option("--layers", type=int, default=None, help="Encoder layers.")
+@click.option("--data-dir", default=None, help="Task data directory (official layout or generated).")
+@click.option("--run-dir", default=None, help="Output directory (default runs/<task>-<preset>-<time>).")
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seed of initialisation, dropout and data order.")
+@click.option("--eval-every", type=int, default=None, help="Validate every N steps.")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from checkpoints/last.pt.")
+@click.option("--force", is_flag=True, help="Overwrite the artefacts of a previous run in --run-dir.")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="Any other config field, e.g. train.grad_accum=4 or model.n_mem=4 (repeatable).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segments, seq_len, d_model, layers,
+          data_dir, run_dir, device, seed, eval_every, resume, force, set_items, no_progress) -> None:
+    """Train a model on an LRA task; prints test accuracy against the majority-class baseline.
+
+    Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/{last,best}.pt,
+    summary.json, curves.png}. Ctrl-C saves a checkpoint first; continue with --resume.
+    Multi-GPU: run the same command under `torchrun --nproc-per-node N -m pipelines.cli`.
+    """
+    from rmaat.errors import ConfigError
+
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other; give one")
+    if resume and run_dir is None:
+        raise ConfigError("--resume needs the --run-dir of the run to continue")
+    options = dict(preset=preset, backprop=backprop, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                   segments=segments, seq_len=seq_len, d_model=d_model, layers=layers, data_dir=data_dir,
+                   device=device, seed=seed, eval_every=eval_every)
+    config = resolve_config(task, config_path, run_dir, resume, options, set_items)
+
+    from rmaat.train.trainer import Trainer, default_run_dir
+
+    trainer = Trainer(config, run_dir or default_run_dir(config), resume=resume, force=force,
+                      progress=not no_progress, echo=click.echo)
+    if trainer.info.is_main:
+        click.echo(f"run directory: {trainer.run_dir}", err=True)
+    summary = trainer.fit()
+    if summary is None and trainer.stop_reason == "signal":
+        raise SystemExit(130)
+
+
+@click.command()
+@click.option("--checkpoint", required=True, help="A checkpoint written by `pipeline train` (last.pt or best.pt).")
+@click.option("--split", default="test", show_default=True, help="train, val or test.")
+@click.option("--data-dir", default=None, help="Data directory (default: the one the run used).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=None, help="Evaluation batch size (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(checkpoint, split, data_dir, device, batch_size, as_json) -> None:
+    """Report a checkpoint's accuracy on a split, next to the majority-class baseline."""
+    from rmaat.errors import ConfigError
+
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    from rmaat.train.trainer import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    stand_in = "" if result["is_lra"] else " [stand-in task, not an LRA result]"
+    click.echo(f"{result['task_title']}{stand_in}, {result['preset']} at step {result['step']}, "
+               f"{split} split (n={result['n']}): accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}; "
+               f"majority-class baseline {result['majority_baseline']:.4f}")

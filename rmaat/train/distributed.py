@@ -1,0 +1,164 @@
+"""Multi-process training through ``torch.distributed`` (``torchrun``) and data sharding.
+
+``pipeline train`` is the same command on one device and under ``torchrun --nproc-per-node N``:
+:func:`init_distributed` reads the environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and starts a process group (NCCL on CUDA,
+gloo on CPU). Without those variables it is a single process and nothing is initialised.
+
+:class:`ResumableSampler` is the one data order for both cases: a permutation seeded by
+``(seed, epoch)`` and dealt round-robin to the ranks, as ``DistributedSampler`` does, plus a
+start offset so a resumed run skips exactly the examples it already consumed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from rmaat.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: global rank, number of processes, rank on this node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when a process group with more than one process is running."""
+        return self.world_size > 1
+
+
+def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
+    """Start the process group if launched by ``torchrun``; return (DistInfo, device).
+
+    ``device`` is the run config's ``train.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+    Under torchrun with CUDA each process takes GPU ``LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was requested but CUDA is not available; use --device cpu")
+    if world_size > 1:
+        if use_cuda:
+            torch_device = torch.device("cuda", local_rank)
+        else:
+            torch_device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                    timeout=datetime.timedelta(minutes=30))
+    else:
+        torch_device = torch.device(("cuda" if device == "auto" else device) if use_cuda else "cpu")
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank), torch_device
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group if one was started."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op for one process) and return it."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True if ``flag`` is true on any rank (so all ranks stop at the same step)."""
+    if not info.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for all ranks (no-op for one process)."""
+    if info.enabled:
+        dist.barrier()
+
+
+def gather_objects(obj: object, info: DistInfo) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` for one process)."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded, sharded, resumable order of dataset indices.
+
+    Epoch ``e`` uses ``randperm(n)`` from a generator seeded with ``seed + e`` (``shuffle``) or
+    ``0..n-1``; the order is padded by wrapping around to a multiple of ``world_size`` and rank
+    ``r`` takes positions ``r, r + W, ...`` (as ``DistributedSampler``). :meth:`set_position`
+    picks the epoch and how many of this rank's indices to skip.
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        if n < 1:
+            raise ConfigError("the training split is empty")
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    @property
+    def per_rank(self) -> int:
+        """Indices each rank sees per epoch."""
+        return -(-self.n // self.world_size)
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` beginning at this rank's ``start``-th index."""
+        self.epoch, self.start = epoch, start
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's full index order for ``epoch``."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.per_rank * self.world_size
+        order = (order * (-(-total // self.n)))[:total]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order(self.epoch)[self.start:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation order: rank ``r`` takes ``r, r + W, ...`` with no padding, so summing counts
+    over ranks counts every example exactly once."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
+        self.indices = list(range(rank, n if limit is None else min(n, limit), world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

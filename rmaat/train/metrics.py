@@ -1,0 +1,184 @@
+"""Run metrics: one JSON object per line in ``R/metrics.jsonl``, mirrored to TensorBoard, and the
+loss/accuracy curve plot (:func:`plot_curves`, also used by ``pipeline plot``).
+
+Record schema (Contract 6): ``{"step", "split": "train"|"val"|"test", "loss", "accuracy", "lr",
+"tokens_per_s", "elapsed_s", ...}``. Extra numeric keys are allowed and become TensorBoard
+scalars ``<split>/<key>``.
+
+Importing this module loads neither torch nor matplotlib; each is imported where used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Append metric records to ``metrics.jsonl`` and TensorBoard (main process only).
+
+    On resume, ``resume_step`` drops records a previous session logged after its last
+    checkpoint (from the JSONL file, and via TensorBoard's ``purge_step``), so the log of a
+    resumed run reads like the log of an uninterrupted one.
+    """
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, resume_step: int | None = None,
+                 tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._writer = None
+        if not enabled:
+            return
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = resume_step + 1 if resume_step is not None else None
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write one record (must contain ``step`` and ``split``)."""
+        if not self.enabled:
+            return
+        clean = {k: _plain(v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(clean) + "\n")
+        if self._writer is not None:
+            step, split = int(clean["step"]), clean["split"]
+            for key, value in clean.items():
+                if key in ("step", "split") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                self._writer.add_scalar(f"{split}/{key}", value, step)
+
+    def flush(self) -> None:
+        """Flush TensorBoard events to disk."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file (a run directory is accepted too)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line:
+                records.append(json.loads(line))
+    return records
+
+
+def truncate_metrics(path: str | Path, max_step: int,
+                     keep: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    """Atomically drop the records with ``step > max_step`` (and those ``keep`` rejects)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= max_step and (keep is None or keep(r))]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | Path, *,
+                title: str | None = None, baseline: float | None = None) -> Path:
+    """Plot loss and accuracy against step for each split; write a PNG atomically.
+
+    ``metrics``: a metrics.jsonl path, a run directory, or records. ``baseline`` (e.g. the
+    majority-class accuracy of the test split) is drawn as a dashed line on the accuracy panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    styles = {"train": dict(lw=1.0, alpha=0.8), "val": dict(marker="o", ms=3), "test": dict(marker="*", ms=9, ls="")}
+    for split, style in styles.items():
+        rows = sorted((r for r in records if r.get("split") == split), key=lambda r: r["step"])
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            points = [(r["step"], r[key]) for r in rows if _finite(r.get(key))]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, label=split, **style)
+    if baseline is not None:
+        ax_acc.axhline(baseline, color="grey", ls="--", lw=1, label="majority class")
+    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.fchmod(fd, default_file_mode())
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, out_path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return out_path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON via a temp file + ``os.replace``."""
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` via a temp file in the same directory + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_file_mode())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 minus the umask); ``mkstemp`` uses 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _plain(value: Any) -> Any:
+    """Make tensors / numpy scalars JSON-serialisable."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    plain = _plain(value)
+    if plain is value:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return plain
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,715 @@
+"""The training loop behind ``pipeline train`` and ``pipeline evaluate``.
+
+One :class:`Trainer` serves a single CPU/GPU and ``torchrun`` (DistributedDataParallel): AdamW
+with linear warm-up and cosine/linear decay, gradient clipping, gradient accumulation, bf16
+autocast on CUDA, periodic validation with the best checkpoint kept, JSON-lines + TensorBoard
+metrics, a tqdm bar, and checkpoints that make an interrupted run resumable *exactly*: the
+parameters after "5 steps, stop, resume, 5 steps" equal those after 10 uninterrupted steps.
+
+Exact resume rests on three things saved in ``last.pt`` at a step boundary: the optimiser and
+scheduler states, every RNG state (dropout masks, AMRB's replayed segments), and the data
+position (epoch + index into that epoch's seeded permutation, see
+:class:`rmaat.train.distributed.ResumableSampler`). Evaluation draws no random numbers (the
+model is in eval mode) and the DataLoader gets its own generator, so neither shifts the
+global RNG between a checkpoint and the next step.
+
+Run directory layout: architecture Contract 6.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import resource
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from rmaat.errors import CheckpointError, ConfigError, DataError
+from rmaat.train.checkpoint import FORMAT, atomic_torch_save, capture_rng_state, load_checkpoint, restore_rng_state
+from rmaat.train.config import RunConfig, config_diff, config_hash
+from rmaat.train.distributed import (
+    DistInfo, ResumableSampler, ShardSampler, all_reduce_sum, any_rank, barrier, gather_objects,
+    init_distributed, shutdown_distributed,
+)
+from rmaat.train.metrics import MetricsLogger, atomic_write_json, atomic_write_text, plot_curves, truncate_metrics
+
+#: Files and folders a run writes; ``--force`` removes exactly these, nothing else.
+RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tensorboard", "checkpoints")
+
+
+# ============================================================================ model + data
+def model_overrides(config: RunConfig, spec: Any) -> tuple[str, dict[str, Any]]:
+    """(preset, ``build_model`` overrides) for a run config and a TaskSpec.
+
+    The task fixes vocabulary, classes, embedding kind and the dual encoder; the run config
+    fixes the length and segment count (1 for the non-recurrent presets ``transformer`` and
+    ``at``, which read the whole input at once) and, if set, the backprop mode; the rest of
+    ``model`` is passed through.
+    """
+    from rmaat.config import get_preset
+
+    m = config.model
+    for reserved, where in (("seq_len", "data.seq_len"), ("n_segments", "model.segments")):
+        if reserved in m.overrides:
+            raise ConfigError(f"set the model's {reserved} through {where}, not model.{reserved}")
+    base = get_preset(m.preset)  # ConfigError listing presets when unknown
+    recurrent = m.overrides.get("recurrent", base.recurrent)
+    overrides: dict[str, Any] = {
+        "vocab_size": spec.vocab_size,
+        "n_classes": spec.n_classes,
+        "embedding": "pixel" if spec.tokenizer == "pixels" else "token",
+        "dual_encoder": bool(spec.dual),
+        "seq_len": config.data.seq_len,
+        "n_segments": m.segments if recurrent else 1,
+    }
+    if m.backprop is not None:
+        overrides["backprop"] = m.backprop
+    overrides.update(m.overrides)
+    return m.preset, overrides
+
+
+def build_run_model(config: RunConfig, spec: Any, retention_factors: Any = None):
+    """Build the model of a run: ``(model, retention factors used or None)``.
+
+    Without ``retention_factors`` the run's table is read for T = segments (RetentionTableError
+    naming the command that adds a missing T).
+    """
+    from rmaat.config import get_preset
+    from rmaat.model import build_model
+
+    preset, overrides = model_overrides(config, spec)
+    model_cfg = get_preset(preset).replace(**overrides)
+    if model_cfg.use_retention and retention_factors is None:
+        from retention import load_retention_factors
+
+        retention_factors = load_retention_factors(model_cfg.n_segments, path=config.model.retention_table,
+                                                   variant=config.model.retention_variant)
+    if not model_cfg.use_retention:
+        retention_factors = None
+    model = build_model(model_cfg, retention_factors=retention_factors)
+    rf = None if retention_factors is None else [float(v) for v in np.asarray(retention_factors)]
+    return model, rf
+
+
+def load_splits(config: RunConfig, spec: Any, splits: tuple[str, ...]) -> dict[str, Dataset]:
+    """The requested splits of the run's task (DataError from the data layer passes through)."""
+    from rmaat.data import load_split
+
+    data_dir = config.data.data_dir
+    out = {split: load_split(spec.name, data_dir, split) for split in splits}
+    for split, dataset in out.items():
+        if len(dataset) == 0:
+            raise DataError(f"the {split} split of {spec.name} under {data_dir} is empty")
+    return out
+
+
+class Collate:
+    """Stack dataset items into a batch, truncated to ``seq_len`` and right-padded to the
+    longest item (the model pads further to its ``seq_len``). Picklable for DataLoader workers."""
+
+    def __init__(self, seq_len: int, pad_id: int = 0):
+        self.seq_len, self.pad_id = seq_len, pad_id
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {"label": torch.stack([torch.as_tensor(i["label"]) for i in items]).long()}
+        for ids_key, mask_key in (("input_ids", "attention_mask"), ("input_ids_2", "attention_mask_2")):
+            if ids_key not in items[0]:
+                continue
+            ids = [torch.as_tensor(i[ids_key])[: self.seq_len] for i in items]
+            masks = [torch.as_tensor(i[mask_key])[: self.seq_len].bool() if mask_key in i
+                     else torch.ones(len(x), dtype=torch.bool) for i, x in zip(items, ids)]
+            width = max(len(x) for x in ids)
+            batch[ids_key] = torch.stack([F.pad(x.long(), (0, width - len(x)), value=self.pad_id) for x in ids])
+            batch[mask_key] = torch.stack([F.pad(m, (0, width - len(m)), value=False) for m in masks])
+        return batch
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Token positions the model processes for a batch (both documents for Retrieval)."""
+    return sum(batch[k].numel() for k in ("input_ids", "input_ids_2") if k in batch)
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The forward-pass keyword arguments of a batch, on ``device``."""
+    keys = ("input_ids", "attention_mask", "input_ids_2", "attention_mask_2")
+    return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
+
+
+class BatchStream:
+    """Endless micro-batches over epochs with a resumable position ``(epoch, index)``.
+
+    ``index`` counts this rank's examples consumed in the current epoch; only batches handed
+    out count, so DataLoader prefetching does not move it.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int, collate: Collate,
+                 num_workers: int, seed: int):
+        if sampler.per_rank < batch_size:
+            raise ConfigError(f"the training split has {sampler.per_rank} examples per process, fewer than "
+                              f"one micro-batch of {batch_size}; lower train.batch_size or add data")
+        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
+        self.collate, self.num_workers, self.seed = collate, num_workers, seed
+        self.epoch, self.index = 0, 0
+        self._it: Iterator | None = None
+
+    def position(self) -> dict[str, int]:
+        """The data position to store in a checkpoint."""
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, position: dict[str, int]) -> None:
+        """Continue from a stored position."""
+        self.epoch, self.index, self._it = int(position["epoch"]), int(position["index"]), None
+
+    def next(self) -> dict[str, torch.Tensor]:
+        """The next micro-batch."""
+        while True:
+            if self._it is None:
+                self.sampler.set_position(self.epoch, self.index)
+                # own generator: creating an iterator must not draw from the global RNG
+                generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch + self.index)
+                loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                                    collate_fn=self.collate, drop_last=True, num_workers=self.num_workers,
+                                    generator=generator)
+                self._it = iter(loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.epoch, self.index, self._it = self.epoch + 1, 0, None
+                continue
+            self.index += self.batch_size
+            return batch
+
+
+def lr_multiplier(step: int, max_steps: int, warmup: float, schedule: str, min_ratio: float) -> float:
+    """LR factor for optimiser step ``step`` (0-based): linear warm-up over ``warmup * max_steps``
+    steps (never 0 at step 0), then cosine/linear decay to ``min_ratio`` at ``max_steps``."""
+    warm = int(round(warmup * max_steps))
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warm) / max(1, max_steps - warm))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (``precision`` bf16, or auto on CUDA) or a no-op."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, dataset: Dataset, *, batch_size: int, collate: Collate,
+                   device: torch.device, precision: str, n_classes: int, info: DistInfo = DistInfo(),
+                   max_batches: int | None = None) -> dict[str, Any]:
+    """Loss, accuracy and label counts on (the first ``max_batches`` batches of) a split.
+
+    Each rank evaluates a disjoint shard; sums are all-reduced, so every example counts once.
+    ``majority_baseline`` is the accuracy of always predicting the most frequent label.
+    """
+    was_training = model.training
+    model.eval()
+    limit = None if max_batches is None else max_batches * batch_size * info.world_size
+    sampler = ShardSampler(len(dataset), info.rank, info.world_size, limit)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    label_counts = torch.zeros(n_classes, dtype=torch.float64, device=device)
+    for batch in loader:
+        labels = batch["label"].to(device)
+        with autocast_context(device, precision):
+            logits = model(**model_inputs(batch, device))
+        logits = logits.float()
+        totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+        totals[1] += (logits.argmax(-1) == labels).sum()
+        totals[2] += labels.numel()
+        label_counts += torch.bincount(labels, minlength=n_classes)[:n_classes].to(label_counts.dtype)
+    all_reduce_sum(totals, info)
+    all_reduce_sum(label_counts, info)
+    model.train(was_training)
+    n = max(1.0, totals[2].item())
+    return {"loss": totals[0].item() / n, "accuracy": totals[1].item() / n, "n": int(totals[2].item()),
+            "majority_baseline": label_counts.max().item() / n,
+            "label_counts": [int(c) for c in label_counts.tolist()]}
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "peak_memory_kind": "cuda_max_allocated"}
+    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+            "peak_memory_kind": "cpu_max_rss"}
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of all parameters' bytes: equal digests mean bit-identical replicas."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def click_style_echo(message: str, err: bool = False) -> None:
+    """``print`` with click.echo's ``err`` keyword (the default ``echo`` of :class:`Trainer`)."""
+    print(message, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+# ================================================================================ run dir
+def default_run_dir(config: RunConfig) -> Path:
+    """``runs/<task>-<preset>-<timestamp>``."""
+    return Path("runs") / f"{config.task}-{config.model.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to overwrite a previous run unless asked; require a checkpoint to resume."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"nothing to resume in {run_dir}: {last} does not exist "
+                                  f"(start a new run without --resume)")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        raise ConfigError(f"run directory {run_dir} is not empty; continue it with --resume, overwrite it "
+                          f"with --force, or choose another --run-dir")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove a previous run's artefacts (``--force``); other files are left alone."""
+    for name in RUN_ARTEFACTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+# ================================================================================ trainer
+class Trainer:
+    """Train one run config into one run directory (see module docstring).
+
+    Build with everything validated (config, data, model) so that errors surface before any
+    file is written; :meth:`fit` then runs to ``max_steps`` (or to a stop request) and returns
+    the summary dict, or None when the session stopped early with a checkpoint.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False,
+                 progress: bool = True, echo: Callable[..., None] = click_style_echo):
+        from rmaat.data import get_task
+
+        config.validate()
+        self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.progress, self.echo = progress, echo
+        self._force = force
+        self._stop_requested = False
+        #: why the last :meth:`fit` ended early: "signal" (SIGINT/SIGTERM), "stop_after", or None
+        self.stop_reason: str | None = None
+        self.spec = get_task(config.task)
+        # The process group comes first, so that every rank has validated everything before
+        # rank 0 writes anything (fit() starts with a barrier).
+        self.info, self.device = init_distributed(config.train.device)
+        try:
+            check_run_dir(self.run_dir, resume=resume, force=force)
+            self.checkpoint: dict[str, Any] | None = None
+            if resume:
+                self.checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+                self._check_same_config(self.checkpoint, self.run_dir / "checkpoints" / "last.pt")
+            self.data = load_splits(config, self.spec, ("train", "val", "test"))
+            rf = self.checkpoint.get("retention_factors") if self.checkpoint else None
+            # every rank builds the same initial parameters from the run's seed
+            torch.manual_seed(config.train.seed)
+            self.model, self.retention_factors = build_run_model(config, self.spec, rf)
+        except BaseException:
+            shutdown_distributed()
+            raise
+
+    def _check_same_config(self, state: dict[str, Any], path: Path) -> None:
+        if int(state.get("world_size", 1)) != self.info.world_size:
+            # the data order is dealt per rank: another process count would replay other examples
+            raise CheckpointError(f"checkpoint {path} was written by {state.get('world_size', 1)} process(es) and "
+                                  f"this run has {self.info.world_size}; resume with the same number of processes")
+        if state["config_hash"] == config_hash(self.config):
+            return
+        try:
+            saved = RunConfig.from_dict(state["config"])
+            diff = "; ".join(config_diff(saved, self.config)[:6])
+        except ConfigError:
+            diff = "the stored config is not readable"
+        raise CheckpointError(f"checkpoint {path} was written by a different configuration ({diff}); "
+                              f"rerun with the original options or use a new --run-dir")
+
+    # ------------------------------------------------------------------------- set-up
+    def _setup(self) -> None:
+        cfg, info, device = self.config, self.info, self.device
+        torch.manual_seed(cfg.train.seed)  # same on every rank (dropout masks alike, see checkpoint.py)
+        np.random.seed(cfg.train.seed)
+        self.model.to(device)
+        self.module = self.model
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.module = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+            fused=device.type == "cuda")
+        t = cfg.train
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_multiplier(s, t.max_steps, o.warmup, o.schedule, o.min_lr_ratio))
+        self.micro_batch = t.batch_size // t.grad_accum
+        self.collate = Collate(cfg.data.seq_len, self.spec.pad_id)
+        sampler = ResumableSampler(len(self.data["train"]), seed=t.seed, rank=info.rank,
+                                   world_size=info.world_size)
+        self.stream = BatchStream(self.data["train"], sampler, self.micro_batch, self.collate,
+                                  cfg.data.num_workers, t.seed)
+        self.step, self.best_val, self.best_step = 0, -1.0, 0
+        self.elapsed_prev, self.tokens_seen, self.train_time = 0.0, 0, 0.0
+        self.window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "tokens": 0.0, "steps": 0.0, "grad_norm": 0.0}
+        if self.checkpoint is not None:
+            self._load_state(self.checkpoint)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "config_hash": config_hash(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "data_position": self.stream.position(),
+            "best_val_accuracy": self.best_val,
+            "best_step": self.best_step,
+            "elapsed_s": self.elapsed_prev + (time.perf_counter() - self.session_start),
+            "tokens_seen": self.tokens_seen,
+            "train_time_s": self.train_time,
+            "log_window": dict(self.window),
+            "retention_factors": self.retention_factors,
+            "world_size": self.info.world_size,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(f"checkpoint state does not fit this model ({str(error).splitlines()[0]})") from None
+        self.step = int(state["step"])
+        self.best_val, self.best_step = float(state["best_val_accuracy"]), int(state["best_step"])
+        self.elapsed_prev, self.tokens_seen = float(state["elapsed_s"]), int(state["tokens_seen"])
+        self.train_time = float(state["train_time_s"])
+        self.window = {k: float(v) for k, v in state["log_window"].items()}
+        self.stream.restore(state["data_position"])
+        restore_rng_state(state["rng"])
+
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        if self.info.is_main:
+            atomic_torch_save(state, self.run_dir / "checkpoints" / name)
+
+    def _save_best(self) -> None:
+        if self.info.is_main:
+            state = {k: v for k, v in self._state().items()
+                     if k not in ("optimizer", "scheduler", "rng", "log_window")}
+            atomic_torch_save(state, self.run_dir / "checkpoints" / "best.pt")
+
+    # ------------------------------------------------------------------------- loop
+    def _train_step(self) -> None:
+        cfg = self.config
+        accum = cfg.train.grad_accum
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        count = tokens = 0
+        for micro in range(accum):
+            batch = self.stream.next()
+            labels = batch["label"].to(self.device)
+            sync = (contextlib.nullcontext() if not self.info.enabled or micro == accum - 1
+                    else self.module.no_sync())
+            with sync:
+                with autocast_context(self.device, cfg.train.precision):
+                    logits = self.module(**model_inputs(batch, self.device), backprop=self.model.cfg.backprop)
+                loss = F.cross_entropy(logits.float(), labels)
+                (loss / accum).backward()
+            loss_sum += loss.detach() * labels.numel()
+            correct += (logits.detach().argmax(-1) == labels).sum()
+            count += labels.numel()
+            tokens += batch_tokens(batch)
+        # with grad_clip 0 an infinite bound only measures the norm, for the log
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.tokens_seen += tokens * self.info.world_size
+        w = self.window
+        w["loss"] += loss_sum.item()
+        w["correct"] += correct.item()
+        w["count"] += count
+        w["tokens"] += tokens
+        w["steps"] += 1
+        w["grad_norm"] += float(grad_norm)
+
+    def _log_train(self, bar, window_time: float) -> None:
+        w = self.window
+        sums = all_reduce_sum(torch.tensor([w["loss"], w["correct"], w["count"], w["tokens"]],
+                                           dtype=torch.float64, device=self.device), self.info).tolist()
+        record = {"step": self.step, "split": "train", "loss": sums[0] / max(1, sums[2]),
+                  "accuracy": sums[1] / max(1, sums[2]), "lr": self.step_lr,
+                  "tokens_per_s": sums[3] / max(window_time, 1e-9), "elapsed_s": self._elapsed(),
+                  "grad_norm": w["grad_norm"] / max(1.0, w["steps"])}
+        self.logger.log(record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
+                            tok_s=f"{record['tokens_per_s']:.3g}")
+        self.window = {k: 0.0 for k in w}
+
+    def _elapsed(self) -> float:
+        return self.elapsed_prev + (time.perf_counter() - self.session_start)
+
+    def _evaluate(self, split: str, full: bool) -> dict[str, Any]:
+        t = self.config.train
+        return evaluate_split(self.model, self.data[split], batch_size=self.micro_batch, collate=self.collate,
+                              device=self.device, precision=t.precision, n_classes=self.spec.n_classes,
+                              info=self.info, max_batches=None if full else t.eval_batches)
+
+    def _validate(self, full: bool) -> dict[str, Any]:
+        result = self._evaluate("val", full)
+        self.logger.log({"step": self.step, "split": "val", "loss": result["loss"],
+                         "accuracy": result["accuracy"], "n": result["n"], "elapsed_s": self._elapsed()})
+        if result["accuracy"] > self.best_val:
+            self.best_val, self.best_step = result["accuracy"], self.step
+            self._save_best()
+        return result
+
+    def request_stop(self, *_: Any) -> None:
+        """Finish the current step, save ``last.pt`` and end the session (SIGINT/SIGTERM).
+
+        A second signal aborts without saving, except under torchrun: there the terminal's
+        SIGINT reaches each worker and torchrun forwards another, which must not abort.
+        """
+        if self._stop_requested and not self.info.enabled:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        if self.info.is_main:
+            print("\nstop requested: finishing the current step and saving a checkpoint "
+                  "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def fit(self) -> dict[str, Any] | None:
+        """Train to ``max_steps``; return the summary, or None if stopped early (checkpoint saved)."""
+        try:
+            return self._fit()
+        finally:
+            if hasattr(self, "logger"):
+                self.logger.close()
+            shutdown_distributed()
+
+    def _fit(self) -> dict[str, Any] | None:
+        cfg, info = self.config, self.info
+        barrier(info)  # every rank has validated config, data and model
+        if info.is_main:
+            if cfg.data.seq_len < self.spec.seq_len:
+                self.echo(f"note: inputs are cut to data.seq_len={cfg.data.seq_len} tokens "
+                          f"(the task's length is {self.spec.seq_len})", err=True)
+            if self._force and not self.resume:
+                clear_run_dir(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            if not self.resume:
+                atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        barrier(info)
+        self.session_start = time.perf_counter()
+        self._setup()
+        if self.resume and self.step >= cfg.train.max_steps and info.is_main:
+            # a finished run resumed: its final evaluation is redone, so drop the old one
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step,
+                             keep=lambda r: not (r["step"] == self.step and r["split"] in ("val", "test")))
+        self.logger = MetricsLogger(self.run_dir, enabled=info.is_main,
+                                    resume_step=self.step if self.resume else None)
+        t = cfg.train
+        start_step = self.step
+        bar = None
+        if info.is_main and self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t.max_steps, initial=self.step, desc=f"{cfg.task} {cfg.model.preset}",
+                       unit="step", dynamic_ncols=True)
+        handlers = self._install_signal_handlers()
+        stopped = False
+        window_time = 0.0
+        try:
+            self.model.train()
+            while self.step < t.max_steps:
+                tick = time.perf_counter()
+                self._train_step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                dt = time.perf_counter() - tick
+                self.train_time += dt
+                window_time += dt
+                if bar is not None:
+                    bar.update(1)
+                if self.step % t.log_every == 0:
+                    self._log_train(bar, window_time)
+                    window_time = 0.0
+                if self.step % t.eval_every == 0 and self.step < t.max_steps:
+                    self._validate(full=False)
+                    self.model.train()
+                session_done = t.stop_after is not None and self.step - start_step >= t.stop_after
+                if any_rank(self._stop_requested or session_done, info, self.device) and self.step < t.max_steps:
+                    stopped = True
+                    self.stop_reason = "signal" if self._stop_requested else "stop_after"
+                    break
+                if self.step % t.save_every == 0 and self.step < t.max_steps:
+                    self._save("last.pt", self._state())
+        finally:
+            self._restore_signal_handlers(handlers)
+            if bar is not None:
+                bar.close()
+        if stopped:
+            self._save("last.pt", self._state())
+            self.logger.flush()
+            if info.is_main:
+                self.echo(f"stopped at step {self.step}/{t.max_steps}; checkpoint saved to "
+                          f"{self.run_dir / 'checkpoints' / 'last.pt'}; continue with --resume")
+            return None
+        return self._finish()
+
+    def _finish(self) -> dict[str, Any]:
+        cfg, info = self.config, self.info
+        self._save("last.pt", self._state())  # trained state first: the final evaluation can be long
+        final_val = self._validate(full=True)
+        self._save("last.pt", self._state())
+        digests = gather_objects(parameter_digest(self.model), info)
+        best_path = self.run_dir / "checkpoints" / "best.pt"
+        barrier(info)
+        if self.best_step != self.step:
+            best = load_checkpoint(best_path, map_location=self.device)
+            self.model.load_state_dict(best["model"])
+        test = self._evaluate("test", full=True)
+        self.logger.log({"step": self.step, "split": "test", "loss": test["loss"], "accuracy": test["accuracy"],
+                         "n": test["n"], "checkpoint_step": self.best_step, "elapsed_s": self._elapsed()})
+        summary = {
+            "task": cfg.task, "task_title": self.spec.title, "is_lra": bool(self.spec.is_lra),
+            "preset": cfg.model.preset, "backprop": self.model.cfg.backprop,
+            "steps": self.step, "best_step": self.best_step,
+            "val_accuracy": self.best_val, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+            "majority_baseline": test["majority_baseline"], "val_majority_baseline": final_val["majority_baseline"],
+            "final_val_accuracy": final_val["accuracy"], "n_val": final_val["n"], "n_test": test["n"],
+            "wall_time_s": self._elapsed(), "train_tokens_per_s": self.tokens_seen / max(self.train_time, 1e-9),
+            "train_time_s": self.train_time,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device), "world_size": info.world_size, "seq_len": cfg.data.seq_len,
+            "segments": self.model.cfg.n_segments, "config_hash": config_hash(cfg),
+            **peak_memory(self.device),
+        }
+        if info.enabled:
+            summary["replica_param_sha256"] = digests
+            summary["replicas_identical"] = len(set(digests)) == 1
+        if info.is_main:
+            atomic_write_json(self.run_dir / "summary.json", summary)
+            self.logger.flush()
+            plot_curves(self.logger.path, self.run_dir / "curves.png", baseline=test["majority_baseline"],
+                        title=f"{self.spec.title}: {cfg.model.preset} ({self.model.cfg.backprop})")
+            self.echo(format_summary(summary))
+        return summary
+
+    # ---------------------------------------------------------------------- signals
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self.request_stop)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The lines ``pipeline train`` prints at the end of a run."""
+    stand_in = "" if summary.get("is_lra", True) else " [stand-in task, not an LRA result]"
+    return (f"{summary['task_title']}{stand_in}, {summary['preset']} ({summary['backprop']}), "
+            f"{summary['steps']} steps in {summary['wall_time_s']:.1f} s\n"
+            f"  test accuracy {summary['test_accuracy']:.4f} vs majority-class baseline "
+            f"{summary['majority_baseline']:.4f} (n={summary['n_test']}, checkpoint of step {summary['best_step']})\n"
+            f"  best val accuracy {summary['val_accuracy']:.4f}; "
+            f"{summary['train_tokens_per_s']:.4g} tokens/s; peak memory "
+            f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']})")
+
+
+def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, force: bool = False,
+          progress: bool = True, echo: Callable[..., None] | None = None) -> dict[str, Any] | None:
+    """Train ``config`` into ``run_dir`` (default ``runs/<task>-<preset>-<time>``); see :class:`Trainer`."""
+    trainer = Trainer(config, run_dir or default_run_dir(config), resume=resume, force=force,
+                      progress=progress, echo=echo or click_style_echo)
+    return trainer.fit()
+
+
+# ============================================================================= evaluate
+def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
+                        device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
+    """Accuracy of a checkpoint (``last.pt`` or ``best.pt``) on a split of its task's data."""
+    from rmaat.data import get_task
+    from rmaat.data.tasks import check_split
+
+    check_split(split)
+    state = load_checkpoint(path)
+    config = RunConfig.from_dict(state["config"], f"{path} (stored config)")
+    if config_hash(config) != state["config_hash"]:
+        raise CheckpointError(f"checkpoint {path}: stored config does not match its hash; the file was altered")
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    config.train.device = device
+    config.validate()
+    spec = get_task(config.task)
+    dataset = load_splits(config, spec, (split,))[split]
+    model, _ = build_run_model(config, spec, state.get("retention_factors"))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
+                              f"({str(error).splitlines()[0]})") from None
+    info, torch_device = init_distributed(device)
+    try:
+        model.to(torch_device)
+        bs = batch_size or config.train.batch_size // config.train.grad_accum
+        result = evaluate_split(model, dataset, batch_size=bs, collate=Collate(config.data.seq_len, spec.pad_id),
+                                device=torch_device, precision=config.train.precision, n_classes=spec.n_classes,
+                                info=info)
+    finally:
+        shutdown_distributed()
+    result.update({"split": split, "task": config.task, "task_title": spec.title, "is_lra": bool(spec.is_lra),
+                   "preset": config.model.preset, "step": int(state["step"]), "checkpoint": str(path)})
+    return result
