@@ -31,15 +31,14 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _emit(rows: list[dict], summary: list[dict] | dict, as_json: bool, title: str) -> None:
+def _emit(rows: list[dict], summary: list[dict], as_json: bool, title: str) -> None:
     if as_json:
-        click.echo(json.dumps({"benchmark": title, "rows": rows, "summary": summary}, indent=None))
+        click.echo(json.dumps({"benchmark": title, "rows": rows, "summary": summary}))
         return
     _print_table(f"{title}: raw measurements", rows, list(rows[0].keys()) if rows else [])
     click.echo()
-    summary_rows = summary if isinstance(summary, list) else [summary]
-    _print_table(f"{title}: ratios (measured side by side in this run)", summary_rows,
-                 list(summary_rows[0].keys()) if summary_rows else [])
+    _print_table(f"{title}: ratios (measured side by side in this run)", summary,
+                 list(summary[0].keys()) if summary else [])
 
 
 @click.group()
@@ -50,26 +49,39 @@ def bench() -> None:
 @bench.command()
 @click.option("--segments", default="4,8,16,32", show_default=True,
               help="Comma-separated segment counts (equal segment length, so L = T * segment length).")
+@click.option("--segment-len", default=128, show_default=True, type=click.IntRange(1), help="Tokens per segment.")
+@click.option("--d-model", default=128, show_default=True, type=click.IntRange(4), help="Model width.")
+@click.option("--batch", default=4, show_default=True, type=click.IntRange(1), help="Batch size.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the raw rows.")
-def memory(segments: str, device: str | None, as_json: bool) -> None:
+def memory(segments: str, segment_len: int, d_model: int, batch: int, device: str | None,
+           as_json: bool) -> None:
     """Peak memory and step time of one training step, BPTT vs AMRB, each in a fresh process."""
-    from rmaat.benchmarks.memory_bench import run_memory_bench, summarise
+    from rmaat.benchmarks.memory_bench import format_table, run_memory_bench, summarise
 
     counts = parse_int_list(segments, "--segments")
-    rows = run_memory_bench(segments=counts, device=device, progress=not as_json)
-    _emit(rows, summarise(rows), as_json, "memory")
+    rows = run_memory_bench(segments=counts, segment_len=segment_len, d_model=d_model, batch=batch,
+                            device=device)
+    if as_json:
+        click.echo(json.dumps({"benchmark": "memory", "rows": rows, "summary": summarise(rows)}))
+    else:
+        click.echo(format_table(rows))
 
 
 @bench.command()
 @click.option("--lengths", default="1024,2048,4096,8192,16384", show_default=True,
               help="Comma-separated sequence lengths.")
+@click.option("--d-model", default=128, show_default=True, type=click.IntRange(4), help="Model width.")
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(1), help="Attention heads.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the raw rows.")
-def attention(lengths: str, device: str | None, as_json: bool) -> None:
+def attention(lengths: str, d_model: int, heads: int, device: str | None, as_json: bool) -> None:
     """Forward+backward time and memory of astromorphic vs linear vs softmax attention."""
     from rmaat.benchmarks.attention_bench import run_attention_bench, summarise
 
     values = parse_int_list(lengths, "--lengths")
-    rows = run_attention_bench(lengths=values, device=device, progress=not as_json)
+    if d_model % heads:
+        raise click.BadParameter(f"--heads {heads} must divide --d-model {d_model}", param_hint="--heads")
+    rows = run_attention_bench(lengths=values, d_model=d_model, n_heads=heads, device=device,
+                               progress=not as_json)
     _emit(rows, summarise(rows), as_json, "attention")

@@ -1,0 +1,51 @@
+"""`pipeline bench`: the JSON shape promised to machines, on tiny sizes (correctness, not speed)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from pipelines.options import parse_int_list
+
+
+def _run(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_attention_json_rows_have_the_documented_keys():
+    out = json.loads(_run(["bench", "attention", "--lengths", "64,128", "--d-model", "16", "--heads", "2",
+                           "--device", "cpu", "--json"]))
+    rows = out["rows"]
+    assert {(r["length"], r["kind"]) for r in rows} == {(n, k) for n in (64, 128)
+                                                         for k in ("astro", "linear", "softmax")}
+    for row in rows:
+        assert {"length", "kind", "seconds", "peak_bytes"} <= row.keys()
+        assert row["seconds"] > 0 and row["peak_bytes"] > 0
+    assert any("softmax_over_astro_time" in s for s in out["summary"])
+
+
+@pytest.mark.slow
+def test_memory_json_rows_have_the_documented_keys():
+    out = json.loads(_run(["bench", "memory", "--segments", "2", "--segment-len", "16", "--d-model", "16",
+                           "--batch", "2", "--device", "cpu", "--json"]))
+    rows = out["rows"]
+    assert {r["mode"] for r in rows} == {"bptt", "amrb"}
+    for row in rows:
+        assert {"segments", "mode", "peak_bytes", "step_seconds"} <= row.keys()
+        assert row["segments"] == 2 and row["peak_bytes"] > 0
+    bptt, amrb = (next(r for r in rows if r["mode"] == m) for m in ("bptt", "amrb"))
+    assert amrb["peak_bytes"] < bptt["peak_bytes"]  # the replay keeps one segment, not two
+
+
+@pytest.mark.parametrize("bad", ["0", "a", "8-4", ",", "-3"])
+def test_bad_lists_give_one_line_errors(bad):
+    result = CliRunner().invoke(cli, ["bench", "attention", "--lengths", bad])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and "--lengths" in result.output
+
+
+def test_parse_int_list_ranges_and_duplicates():
+    assert parse_int_list("4,1-3,4", "--x") == [1, 2, 3, 4]
