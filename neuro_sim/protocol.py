@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from neuro_sim.errors import SimulationInputError
 
 #: Largest segment count a simulation accepts.  64 segments cover the paper's settings
@@ -56,6 +58,27 @@ class SegmentProtocol:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def spike_trains(self) -> tuple[np.ndarray, np.ndarray]:
+        """Presynaptic spikes as ``(synapse_index, time_s)``, times measured from the warm-up's end.
+
+        Each synapse fires a regular train at ``burst_rate_hz`` during the first
+        ``burst_duration_s`` of every segment.  Synapse ``i`` is phase-shifted by
+        ``i / (n_synapses * burst_rate_hz)`` so the inputs are spread evenly over the
+        inter-spike interval instead of arriving in lock-step; regular (not Poisson)
+        trains keep every run bit-for-bit reproducible without a random seed.
+        """
+        if not self.stimulate or self.burst_rate_hz == 0 or self.burst_duration_s == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        isi = 1.0 / self.burst_rate_hz
+        # The small epsilon keeps a spike that would land exactly on the burst's end out.
+        n_per_burst = int(np.ceil(self.burst_duration_s * self.burst_rate_hz - 1e-9))
+        k = np.arange(n_per_burst)  # (K,) spike number within a burst
+        phase = np.arange(self.n_synapses) / (self.n_synapses * self.burst_rate_hz)  # (S,)
+        onset = np.arange(self.n_segments) * self.segment_period_s  # (T,)
+        times = onset[:, None, None] + phase[None, :, None] + k[None, None, :] * isi  # (T, S, K)
+        index = np.broadcast_to(np.arange(self.n_synapses)[None, :, None], times.shape)
+        return index.reshape(-1).astype(np.int64), times.reshape(-1)
 
 
 def validate_segment_count(value: object) -> int:

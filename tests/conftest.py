@@ -1,0 +1,34 @@
+"""Shared fixtures for the neuro_sim tests: short protocols, numpy target, cached runs.
+
+Brian2's numpy target needs no compiler (CI stays free of minute-long compiles) but
+costs ~1 ms per time step, so the fixtures use short protocols and a 10 ms step and each network
+run is shared by every test that only reads it (session scope).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from neuro_sim.protocol import SegmentProtocol
+
+
+@pytest.fixture(scope="session")
+def short_protocol() -> SegmentProtocol:
+    """4 segments after a 30 s warm-up: past the spontaneous Ca2+ event (~17 s) of the
+    initial state, with x_A recovered (> 0.999) before the first burst."""
+    return SegmentProtocol(n_segments=4, warmup_s=30.0)
+
+
+#: Step for the numpy-target tests: 10 ms halves their cost; the tripartite curve agrees
+#: with the default 5 ms to ~1e-4 (test_halving_dt_changes_curve_less_than_1_percent).
+TEST_DT_S = 0.01
+
+
+@pytest.fixture(scope="session")
+def tripartite_short(short_protocol):
+    """simulate((2, 4)) of the tripartite model on the short protocol (numpy, 10 ms step)."""
+    from neuro_sim import simulate
+
+    return simulate(
+        (4, 2), "tripartite", protocol=short_protocol, codegen="numpy", dt_s=TEST_DT_S, progress=False
+    )
