@@ -85,3 +85,34 @@ def attention(lengths: str, d_model: int, heads: int, device: str | None, as_jso
     rows = run_attention_bench(lengths=values, d_model=d_model, n_heads=heads, device=device,
                                progress=not as_json)
     _emit(rows, summarise(rows), as_json, "attention")
+
+
+@bench.command()
+@click.option("--presets", default="rmaat,rmt,transformer", show_default=True, help="Comma-separated presets.")
+@click.option("--doc-len", default=4096, show_default=True, type=click.IntRange(1),
+              help="Tokens per document (Retrieval shape: two documents per example).")
+@click.option("--segments", default=8, show_default=True, type=click.IntRange(1),
+              help="Segments per document for the recurrent presets.")
+@click.option("--d-model", default=128, show_default=True, type=click.IntRange(4), help="Model width.")
+@click.option("--layers", default=2, show_default=True, type=click.IntRange(1), help="Encoder layers.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Examples per step.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Timed steps per preset.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the raw rows.")
+def throughput(presets: str, doc_len: int, segments: int, d_model: int, layers: int, batch: int,
+               rounds: int, device: str | None, as_json: bool) -> None:
+    """Training tokens/s and peak memory of presets at equal size, timed in rotating rounds."""
+    from rmaat.benchmarks.throughput_bench import run_throughput_bench, summarise
+    from rmaat.config import PRESETS
+
+    names = [p.strip() for p in presets.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PRESETS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}",
+                                 param_hint="--presets")
+    if doc_len % segments:
+        raise click.BadParameter(f"--doc-len {doc_len} is not divisible by --segments {segments}",
+                                 param_hint="--segments")
+    rows = run_throughput_bench(names, doc_len=doc_len, segments=segments, d_model=d_model,
+                                n_layers=layers, batch=batch, rounds=rounds, device=device)
+    _emit(rows, summarise(rows), as_json, "throughput")

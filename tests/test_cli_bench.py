@@ -49,3 +49,20 @@ def test_bad_lists_give_one_line_errors(bad):
 
 def test_parse_int_list_ranges_and_duplicates():
     assert parse_int_list("4,1-3,4", "--x") == [1, 2, 3, 4]
+
+
+def test_throughput_json_rows_compare_presets_at_equal_size():
+    out = json.loads(_run(["bench", "throughput", "--doc-len", "64", "--segments", "2", "--d-model", "16",
+                           "--layers", "1", "--rounds", "1", "--device", "cpu", "--json"]))
+    rows = {r["preset"]: r for r in out["rows"]}
+    assert set(rows) == {"rmaat", "rmt", "transformer"}
+    assert rows["rmaat"]["backprop"] == "amrb" and rows["rmt"]["backprop"] == "bptt"
+    for row in rows.values():
+        assert row["tokens"] == 128 and row["tokens_per_s"] > 0 and row["peak_bytes"] > 0
+    rmt = next(s for s in out["summary"] if s["preset"] == "rmt")
+    assert rmt["throughput_vs_rmt"] == 1.0
+
+
+def test_throughput_rejects_unknown_preset():
+    result = CliRunner().invoke(cli, ["bench", "throughput", "--presets", "gpt5"])
+    assert result.exit_code != 0 and "unknown preset" in result.output and "Traceback" not in result.output
