@@ -50,15 +50,35 @@ def data() -> None:
               help="Total examples over all splits [default: LRA's, listops 100000 "
                    "(96000/2000/2000), pathfinder 200000 (80/10/10)].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--min-length", type=int, default=None,
+              help="listops only: keep expressions longer than this many tokens [default: LRA's 500]. "
+                   "Other bounds make a short-ListOps demo set, not LRA ListOps.")
+@click.option("--max-length", type=int, default=None,
+              help="listops only: keep expressions shorter than this many tokens [default: LRA's 2000].")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def generate(task: str, out: Path, size: int | None, seed: int, force: bool) -> None:
-    """Generate a data set from the published rules, written in LRA's layout."""
+def generate(task: str, out: Path, size: int | None, seed: int, min_length: int | None,
+             max_length: int | None, force: bool) -> None:
+    """Generate a data set from the published rules, written in LRA's layout.
+
+    With --min-length/--max-length (listops), the set is a short-ListOps demo set; the rules
+    used are recorded in listops-1000/generation.json.
+    """
     from rmaat.data import get_task
 
     spec = get_task(task)
     if spec.generator is None:
         raise ConfigError(f"task {task!r} is not generated (only {', '.join(DEFAULT_SIZES)}); "
                           f"to get it, {spec.obtain}")
+    options: dict[str, object] = {}
+    if min_length is not None or max_length is not None:
+        if task != "listops":
+            raise ConfigError(f"--min-length/--max-length apply to listops only, not {task}; drop them")
+        from rmaat.data.listops import ListOpsConfig
+
+        lra = ListOpsConfig()
+        options["cfg"] = ListOpsConfig(  # ConfigError on impossible bounds, before any work
+            min_length=lra.min_length if min_length is None else min_length,
+            max_length=lra.max_length if max_length is None else max_length)
     size = DEFAULT_SIZES[task] if size is None else size
     if size < MIN_SIZES[task]:
         raise ConfigError(f"--size {size} is too small for {task}; give at least {MIN_SIZES[task]}")
@@ -75,14 +95,19 @@ def generate(task: str, out: Path, size: int | None, seed: int, force: bool) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     start = time.perf_counter()
     try:
-        sizes = generator(tmp, size=size, seed=seed, progress=True)
+        sizes = generator(tmp, size=size, seed=seed, progress=True, **options)
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     seconds = time.perf_counter() - start
     counts = ", ".join(f"{split} {n}" for split, n in sizes.items())
-    click.echo(f"wrote {spec.title} to {out} ({counts}; seed {seed}; {seconds:.1f} s)")
+    title = spec.title
+    cfg = options.get("cfg")
+    if cfg is not None and not cfg.is_lra:
+        title = (f"a short-ListOps demo set ({cfg.min_length} < length < {cfg.max_length} tokens; "
+                 f"not LRA ListOps)")
+    click.echo(f"wrote {title} to {out} ({counts}; seed {seed}; {seconds:.1f} s)")
     click.echo(f"next: pipeline data check --task {task} --data-dir {out}")
 
 

@@ -1,14 +1,19 @@
 """ListOps: generator labels against an independent evaluator, LRA's bounds, the TSV loader."""
 
+import json
 import random
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from fixtures_data import LISTOPS_ROWS, write_listops
+from pipelines.cli import cli
 from rmaat.data import get_task, load_split
-from rmaat.data.listops import ListOpsConfig, generate_examples, generate_listops, sample_example
+from rmaat.data.listops import (
+    GENERATION_FILE, ListOpsConfig, generate_examples, generate_listops, sample_example,
+)
 from rmaat.data.tokenize import LISTOPS_VOCAB
 from rmaat.errors import ConfigError, DataError
 
@@ -79,6 +84,77 @@ def test_small_config_bounds_are_respected():
         value, n_tokens, depth, arg_counts = reference_value(text)
         assert label == value and 10 < n_tokens < 40 and depth <= 4
         assert all(2 <= n <= 3 for n in arg_counts)
+
+
+@pytest.mark.parametrize("low, high", [(10, 250), (0, 8), (40, 60)])
+def test_short_length_bounds_keep_lra_rules_and_labels(low, high):
+    cfg = ListOpsConfig(min_length=low, max_length=high)  # LRA's depth/arity, other lengths
+    examples = generate_examples(80, seed=5, cfg=cfg)
+    assert len({text for text, _ in examples}) == 80
+    for text, label in examples:
+        value, n_tokens, depth, arg_counts = reference_value(text)
+        assert label == value
+        assert low < n_tokens < high
+        assert depth <= 10 and all(2 <= n <= 10 for n in arg_counts)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(min_length=-1), "min_length must be >= 0"),
+        (dict(min_length=100, max_length=100), r"max_length \(100\) must be at least min_length \+ 2"),
+        (dict(min_length=300, max_length=200), "must be at least"),
+        (dict(min_length=1, max_length=4), r"no ListOps expression has 1 < length < 4 \(lengths are 1 or >= 4\)"),
+        (dict(max_args=1), "max_args >= 2"),
+    ],
+)
+def test_impossible_bounds_raise_one_line_config_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        ListOpsConfig(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_bounds_too_narrow_for_the_size_raise_instead_of_looping():
+    # only the ten one-digit expressions have length 1 (an operator brings >= 4 tokens)
+    assert len(generate_examples(10, seed=0, cfg=ListOpsConfig(min_length=0, max_length=2))) == 10
+    with pytest.raises(ConfigError, match="distinct expressions .* widen the length bounds or lower"):
+        generate_examples(11, seed=0, cfg=ListOpsConfig(min_length=0, max_length=2))
+
+
+def test_short_set_records_its_rules_and_lra_set_keeps_lra_layout(tmp_path):
+    cfg = ListOpsConfig(min_length=10, max_length=250)
+    sizes = generate_listops(tmp_path / "short", size=30, seed=1, progress=False, cfg=cfg)
+    record = json.loads((tmp_path / "short" / "listops-1000" / GENERATION_FILE).read_text())
+    assert record["lra_rules"] is False and "not LRA ListOps" in record["kind"]
+    assert record["rules"]["min_length"] == 10 and record["rules"]["max_length"] == 250
+    assert record["seed"] == 1 and record["sizes"] == sizes
+    ds = load_split("listops", tmp_path / "short", "train")
+    assert int(ds[0]["attention_mask"].sum()) < 250
+    generate_listops(tmp_path / "lra", size=3, seed=1, progress=False)
+    assert not (tmp_path / "lra" / "listops-1000" / GENERATION_FILE).exists()
+
+
+def _generate(*args: str):
+    return CliRunner().invoke(cli, ["data", "generate", "--task", "listops", *args])
+
+
+def test_cli_length_bounds(tmp_path):
+    out = tmp_path / "d"
+    result = _generate("--out", str(out), "--size", "20", "--min-length", "10", "--max-length", "250")
+    assert result.exit_code == 0, result.output
+    assert "short-ListOps demo set (10 < length < 250 tokens; not LRA ListOps)" in result.output
+    for line in (out / "listops-1000" / "basic_train.tsv").read_text().splitlines()[1:]:
+        text, label = line.split("\t")
+        value, n_tokens, _, _ = reference_value(text)
+        assert int(label) == value and 10 < n_tokens < 250
+    assert json.loads((out / "listops-1000" / GENERATION_FILE).read_text())["rules"]["max_length"] == 250
+
+    bad = _generate("--out", str(tmp_path / "e"), "--size", "20", "--min-length", "300", "--max-length", "200")
+    assert bad.exit_code == 1 and "max_length (200) must be at least min_length + 2" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
+    bad = CliRunner().invoke(cli, ["data", "generate", "--task", "pathfinder", "--out", str(tmp_path / "p"),
+                                   "--size", "10", "--max-length", "50"])
+    assert bad.exit_code == 1 and "listops only" in bad.output and not (tmp_path / "p").exists()
 
 
 def test_generate_writes_official_layout_and_loads(tmp_path):

@@ -8,6 +8,11 @@ digit, operator and closing bracket; only 500 < length < 2000 is kept; duplicate
 default splits 96,000 / 2,000 / 2,000. The file format is LRA's: a ``Source\\tTarget`` header,
 then one binary-tree-parenthesised expression and its value per line.
 
+Other length bounds (``ListOpsConfig(min_length=..., max_length=...)``, ``pipeline data generate
+--min-length/--max-length``) give a *short-ListOps demo set* for quick CPU runs; it is not LRA
+ListOps, and ``generation.json`` beside its TSVs records the rules used so it cannot pass for it
+(LRA-rule sets keep exactly LRA's three files).
+
 Speed: LRA rejection-samples whole trees, and about 11 in 12 draws are thrown away. Two things
 keep that cheap without changing which trees are kept: (1) a first pass draws only the length
 and abandons the draw as soon as it reaches the upper bound (the length only grows); (2) only
@@ -20,18 +25,24 @@ random number. 2,000 examples take a few seconds of CPU (about 4 s on a loaded 2
 from __future__ import annotations
 
 import csv
+import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from rmaat.data.tasks import TaskSpec, check_split
-from rmaat.errors import DataError
+from rmaat.errors import ConfigError, DataError
 
 MIN, MAX, MED, SUM_MOD, FIRST, LAST = "[MIN", "[MAX", "[MED", "[SM", "[FIRST", "[LAST"
 #: The basic task's operators (LRA also defines FIRST and LAST but leaves them out).
 OPERATORS: tuple[str, ...] = (MIN, MAX, MED, SUM_MOD)
 
 _FILES = {"train": "basic_train.tsv", "val": "basic_val.tsv", "test": "basic_test.tsv"}
+#: Written beside the TSVs: the generation rules, seed and sizes (what kind of set this is).
+GENERATION_FILE = "generation.json"
+#: Duplicate draws in a row after which the bounds are taken to hold no further distinct tree.
+_MAX_REPEATS = 20_000
 _HEADER = ["Source", "Target"]
 
 
@@ -44,6 +55,33 @@ class ListOpsConfig:
     min_length: int = 500   # exclusive
     max_length: int = 2000  # exclusive
     leaf_prob: float = 0.75  # LRA draws r and makes a leaf when r > VALUE_P = 0.25
+
+    def __post_init__(self) -> None:
+        # A tree has at least one token (a leaf), so lengths 1.. are possible; an empty
+        # window (max_length <= min_length + 1) would make the rejection sampler loop forever.
+        if self.min_length < 0:
+            raise ConfigError(f"ListOps min_length must be >= 0, got {self.min_length}")
+        if self.max_length < self.min_length + 2:
+            raise ConfigError(f"ListOps bounds are exclusive: max_length ({self.max_length}) must be at least "
+                              f"min_length + 2 ({self.min_length + 2}) so some length fits between them")
+        if self.min_length >= 1 and self.max_length <= 4:
+            # a tree is one digit (length 1) or an operator, its "]" and >= 2 arguments (>= 4)
+            raise ConfigError(f"no ListOps expression has {self.min_length} < length < {self.max_length} "
+                              "(lengths are 1 or >= 4); widen the bounds")
+        if self.max_depth < 1 or self.max_args < 2:
+            raise ConfigError(f"ListOps needs max_depth >= 1 and max_args >= 2, got {self.max_depth} "
+                              f"and {self.max_args}")
+
+    @property
+    def is_lra(self) -> bool:
+        """True for LRA's ``basic`` rules; anything else is a short-ListOps demo set, not LRA."""
+        return self == ListOpsConfig()
+
+    def to_dict(self) -> dict[str, object]:
+        """The rules as a JSON-ready dict (written to ``generation.json``)."""
+        return {"max_depth": self.max_depth, "max_args": self.max_args, "min_length": self.min_length,
+                "max_length": self.max_length, "leaf_prob": self.leaf_prob, "bounds": "exclusive",
+                "operators": [op.lstrip("[") for op in OPERATORS]}
 
 
 class _TooLong(Exception):
@@ -155,11 +193,22 @@ def generate_examples(n: int, seed: int = 0, cfg: ListOpsConfig = ListOpsConfig(
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[tuple[str, int]] = []
+    repeats = 0  # in-bounds draws in a row that were duplicates
     with tqdm(total=n, desc="listops", unit="ex", disable=not progress) as bar:
         while len(out) < n:
             drawn = sample_example(rng, cfg)
-            if drawn is None or drawn[0] in seen:
+            if drawn is None:
                 continue
+            if drawn[0] in seen:
+                # narrow bounds hold few distinct trees (length 1: ten digits); stop, don't spin
+                repeats += 1
+                if repeats > _MAX_REPEATS:
+                    raise ConfigError(
+                        f"only {len(out)} distinct expressions found with {cfg.min_length} < length < "
+                        f"{cfg.max_length} after {_MAX_REPEATS} repeats in a row; widen the length bounds "
+                        f"or lower the size ({n})")
+                continue
+            repeats = 0
             seen.add(drawn[0])
             out.append(drawn[:2])
             bar.update(1)
@@ -182,9 +231,23 @@ def write_tsv(rows: list[tuple[str, int]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def generation_record(cfg: ListOpsConfig, seed: int, sizes: dict[str, int]) -> dict[str, object]:
+    """What ``generation.json`` holds: the kind of set, its rules, seed and split sizes."""
+    if cfg.is_lra:
+        kind = "generated ListOps with LRA's basic rules (500 < length < 2000)"
+    else:
+        kind = (f"short-ListOps demo set ({cfg.min_length} < length < {cfg.max_length}): "
+                "not LRA ListOps, do not report its numbers as LRA results")
+    return {"task": "listops", "kind": kind, "lra_rules": cfg.is_lra, "rules": cfg.to_dict(),
+            "seed": seed, "sizes": sizes, "generator": "rmaat.data.listops"}
+
+
 def generate_listops(out_dir: str | Path, size: int = 100_000, seed: int = 0,
                      progress: bool = True, cfg: ListOpsConfig = ListOpsConfig()) -> dict[str, int]:
     """Write ``out_dir/listops-1000/basic_{train,val,test}.tsv``; return the split sizes.
+
+    A set made with other rules than LRA's (``cfg``) also gets ``generation.json`` there, saying
+    it is a short-ListOps demo set and recording the rules, seed and sizes.
 
     ``out_dir`` is written in place: callers wanting atomicity pass a temporary directory
     (``pipeline data generate`` does).
@@ -197,6 +260,11 @@ def generate_listops(out_dir: str | Path, size: int = 100_000, seed: int = 0,
     for split, n in sizes.items():
         write_tsv(rows[start:start + n], root / _FILES[split])
         start += n
+    if not cfg.is_lra:  # LRA-rule sets keep exactly LRA's layout (three TSVs)
+        record = generation_record(cfg, seed, sizes)
+        tmp = root / f".{GENERATION_FILE}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, root / GENERATION_FILE)
     return sizes
 
 
