@@ -88,7 +88,8 @@ def attention(lengths: str, d_model: int, heads: int, device: str | None, as_jso
 
 
 @bench.command()
-@click.option("--presets", default="rmaat,rmt,transformer", show_default=True, help="Comma-separated presets.")
+@click.option("--presets", default="rmaat,rmaat:bptt,rmt,transformer", show_default=True,
+              help="Comma-separated presets; NAME:bptt or NAME:amrb forces a training mode.")
 @click.option("--doc-len", default=4096, show_default=True, type=click.IntRange(1),
               help="Tokens per document (Retrieval shape: two documents per example).")
 @click.option("--segments", default=8, show_default=True, type=click.IntRange(1),
@@ -106,9 +107,10 @@ def throughput(presets: str, doc_len: int, segments: int, d_model: int, layers: 
     from rmaat.config import PRESETS
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
-    unknown = [p for p in names if p not in PRESETS]
+    unknown = [p for p in names if p.split(":")[0] not in PRESETS
+               or (":" in p and p.split(":")[1] not in ("bptt", "amrb"))]
     if unknown or not names:
-        raise click.BadParameter(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}",
+        raise click.BadParameter(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)} (optionally :bptt or :amrb)",
                                  param_hint="--presets")
     if doc_len % segments:
         raise click.BadParameter(f"--doc-len {doc_len} is not divisible by --segments {segments}",

@@ -55,8 +55,10 @@ def test_throughput_json_rows_compare_presets_at_equal_size():
     out = json.loads(_run(["bench", "throughput", "--doc-len", "64", "--segments", "2", "--d-model", "16",
                            "--layers", "1", "--rounds", "1", "--device", "cpu", "--json"]))
     rows = {r["preset"]: r for r in out["rows"]}
-    assert set(rows) == {"rmaat", "rmt", "transformer"}
+    assert set(rows) == {"rmaat", "rmaat:bptt", "rmt", "transformer"}
     assert rows["rmaat"]["backprop"] == "amrb" and rows["rmt"]["backprop"] == "bptt"
+    assert rows["rmaat:bptt"]["backprop"] == "bptt"
+    assert rows["rmaat"]["peak_bytes"] < rows["rmaat:bptt"]["peak_bytes"]
     for row in rows.values():
         assert row["tokens"] == 128 and row["tokens_per_s"] > 0 and row["peak_bytes"] > 0
     rmt = next(s for s in out["summary"] if s["preset"] == "rmt")

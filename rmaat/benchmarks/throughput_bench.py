@@ -75,14 +75,16 @@ def run_throughput_bench(presets: Sequence[str] = DEFAULT_PRESETS, doc_len: int 
                          d_model: int = 128, n_layers: int = 2, batch: int = 1, rounds: int = 3,
                          device: str | None = None, threads: int | None = 1,
                          seed: int = 0) -> list[dict[str, Any]]:
-    """One row per preset: {"preset", "backprop", "tokens", "step_seconds", "tokens_per_s",
+    """One row per preset ("name" or "name:bptt|amrb" to force a training mode): {"preset", "backprop", "tokens", "step_seconds", "tokens_per_s",
     "peak_bytes", "method"}; tokens = 2 * doc_len * batch (both documents)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads is not None and dev.type == "cpu":
         torch.set_num_threads(threads)
-    built = {p: _model_and_batch(p, doc_len, segments, d_model, n_layers, batch, dev, seed) for p in presets}
+    built = {p: _model_and_batch(p.split(":")[0], doc_len, segments, d_model, n_layers, batch, dev, seed)
+             for p in presets}
     autocast = torch.bfloat16 if dev.type == "cuda" else None
-    steps = {p: (lambda m=m, d=d, o=o: train_step(m, d, o, autocast_dtype=autocast))
+    modes = {p: (p.split(":")[1] if ":" in p else None) for p in presets}  # None: the preset's own mode
+    steps = {p: (lambda m=m, d=d, o=o, b=modes[p]: train_step(m, d, o, backprop=b, autocast_dtype=autocast))
              for p, (m, d, o) in built.items()}
     peaks = {p: _peak_bytes(step, dev) for p, step in steps.items()}  # doubles as the warm-up step
     times: dict[str, list[float]] = {p: [] for p in presets}
@@ -96,8 +98,8 @@ def run_throughput_bench(presets: Sequence[str] = DEFAULT_PRESETS, doc_len: int 
     rows = []
     for p in presets:
         seconds = statistics.median(times[p])
-        rows.append({"preset": p, "backprop": built[p][0].cfg.backprop if built[p][0].cfg.recurrent
-                     else "none", "tokens": tokens, "step_seconds": seconds,
+        cfg = built[p][0].cfg
+        rows.append({"preset": p, "backprop": (modes[p] or cfg.backprop) if cfg.recurrent else "none", "tokens": tokens, "step_seconds": seconds,
                      "tokens_per_s": tokens / seconds, "peak_bytes": peaks[p], "method": method,
                      "device": str(dev)})
     return rows
