@@ -94,7 +94,7 @@ def truncate_metrics(path: str | Path, max_step: int,
 
 def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | Path, *,
                 title: str | None = None, baseline: float | None = None) -> Path:
-    """Plot loss and accuracy against step for each split; write a PNG atomically.
+    """Plot loss and accuracy against step for each split; write a PNG (or SVG, by suffix) atomically.
 
     ``metrics``: a metrics.jsonl path, a run directory, or records. ``baseline`` (e.g. the
     majority-class accuracy of the test split) is drawn as a dashed line on the accuracy panel.
@@ -116,12 +116,12 @@ def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | 
                 ax.plot(steps, values, label=split, **style)
     if baseline is not None:
         ax_acc.axhline(baseline, color="grey", ls="--", lw=1, label="majority class")
-    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
+    for ax, label in ((ax_loss, "cross-entropy loss (nats)"), (ax_acc, "accuracy (fraction correct)")):
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(loc="best", framealpha=0.8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -131,7 +131,7 @@ def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | 
     os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="svg" if out_path.suffix.lower() == ".svg" else "png", dpi=120)
         os.replace(tmp, out_path)
     finally:
         plt.close(fig)
