@@ -1,4 +1,4 @@
-"""Shared fixtures for the neuro_sim tests: short protocols, numpy target, cached runs.
+"""Shared fixtures: short neuro_sim protocols (numpy target, cached runs) and torch threading.
 
 Brian2's numpy target needs no compiler (CI stays free of minute-long compiles) but
 costs ~1 ms per time step, so the fixtures use short protocols and a 10 ms step and each network
@@ -32,3 +32,15 @@ def tripartite_short(short_protocol):
     return simulate(
         (4, 2), "tripartite", protocol=short_protocol, codegen="numpy", dt_s=TEST_DT_S, progress=False
     )
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """One torch intra-op thread for a module of tiny-tensor tests: on a 2-core CI machine extra
+    threads only add synchronisation (3-4x slower under load). Restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,14 +11,7 @@ from rmaat.benchmarks.memory_bench import live_tensor_counter, summarise
 from rmaat.errors import ConfigError, DataError
 from rmaat.model import build_model
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """The tensors here are tiny: on a 2-core CI machine extra intra-op threads only add
-    synchronisation (3-4x slower under load). Restored afterwards for the other modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 SIZES = dict(vocab_size=16, n_classes=3, d_model=16, n_heads=2, n_layers=2, d_ff=24, dropout=0.1, n_mem=2)

@@ -13,14 +13,7 @@ from rmaat.config import PRESETS, ModelConfig, get_preset
 from rmaat.errors import ConfigError, DataError
 from rmaat.model import RMAATModel, build_model
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """The tensors here are tiny: on a 2-core CI machine extra intra-op threads only add
-    synchronisation (3-4x slower under load). Restored afterwards for the other modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 RECURRENT = ("rmt", "rlt", "rmaat")
