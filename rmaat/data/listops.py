@@ -242,6 +242,20 @@ def generation_record(cfg: ListOpsConfig, seed: int, sizes: dict[str, int]) -> d
             "seed": seed, "sizes": sizes, "generator": "rmaat.data.listops"}
 
 
+def read_generation_record(source: str | Path) -> dict[str, object] | None:
+    """The ``generation.json`` beside a ListOps split (``source``: its TSV file or folder), or None.
+
+    Lets a training run tell a short-ListOps demo set from LRA-rule data when it reports results.
+    """
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    try:
+        record = json.loads((folder / GENERATION_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def generate_listops(out_dir: str | Path, size: int = 100_000, seed: int = 0,
                      progress: bool = True, cfg: ListOpsConfig = ListOpsConfig()) -> dict[str, int]:
     """Write ``out_dir/listops-1000/basic_{train,val,test}.tsv``; return the split sizes.

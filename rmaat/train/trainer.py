@@ -115,6 +115,18 @@ def load_splits(config: RunConfig, spec: Any, splits: tuple[str, ...]) -> dict[s
     return out
 
 
+def task_identity(spec: Any, dataset: Dataset) -> tuple[str, bool]:
+    """(title, is_lra) of the data actually loaded: a generated set made with other rules than
+    LRA's (its ``generation.json`` says so) is reported under its own name, never as the LRA task."""
+    if spec.name == "listops":
+        from rmaat.data.listops import read_generation_record
+
+        record = read_generation_record(getattr(dataset, "source", ""))
+        if record is not None and not record.get("lra_rules", True):
+            return "short-ListOps demo set", False
+    return spec.title, bool(spec.is_lra)
+
+
 class Collate:
     """Stack dataset items into a batch, truncated to ``seq_len`` and right-padded to the
     longest item (the model pads further to its ``seq_len``). Picklable for DataLoader workers."""
@@ -535,8 +547,8 @@ class Trainer:
         barrier(info)  # every rank has validated config, data and model
         if info.is_main:
             if cfg.data.seq_len < self.spec.seq_len:
-                self.echo(f"note: inputs are cut to data.seq_len={cfg.data.seq_len} tokens "
-                          f"(the task's length is {self.spec.seq_len})", err=True)
+                self.echo(f"note: data.seq_len={cfg.data.seq_len} is below the task's length "
+                          f"{self.spec.seq_len}: longer inputs are cut", err=True)
             if self._force and not self.resume:
                 clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -616,7 +628,7 @@ class Trainer:
         self.logger.log({"step": self.step, "split": "test", "loss": test["loss"], "accuracy": test["accuracy"],
                          "n": test["n"], "checkpoint_step": self.best_step, "elapsed_s": self._elapsed()})
         summary = {
-            "task": cfg.task, "task_title": self.spec.title, "is_lra": bool(self.spec.is_lra),
+            "task": cfg.task, **dict(zip(("task_title", "is_lra"), task_identity(self.spec, self.data["test"]))),
             "preset": cfg.model.preset, "backprop": self.model.cfg.backprop,
             "steps": self.step, "best_step": self.best_step,
             "val_accuracy": self.best_val, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
@@ -710,6 +722,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
                                 info=info)
     finally:
         shutdown_distributed()
-    result.update({"split": split, "task": config.task, "task_title": spec.title, "is_lra": bool(spec.is_lra),
+    title, is_lra = task_identity(spec, dataset)
+    result.update({"split": split, "task": config.task, "task_title": title, "is_lra": is_lra,
                    "preset": config.model.preset, "step": int(state["step"]), "checkpoint": str(path)})
     return result
