@@ -13,7 +13,9 @@ position (epoch + index into that epoch's seeded permutation, see
 model is in eval mode) and the DataLoader gets its own generator, so neither shifts the
 global RNG between a checkpoint and the next step.
 
-Run directory layout: architecture Contract 6.
+Run directory layout: architecture Contract 6. The run's data, model and batches come from
+:mod:`rmaat.train.batching`; validation, test and checkpoint evaluation from
+:mod:`rmaat.train.evaluation`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,174 +36,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
-from rmaat.errors import CheckpointError, ConfigError, DataError
+from rmaat.errors import CheckpointError, ConfigError
+# Re-exported: callers and tests import these from ``rmaat.train.trainer`` (they lived here
+# before batching and evaluation became modules of their own).
+from rmaat.train.batching import (  # noqa: F401
+    BatchStream, Collate, batch_tokens, build_run_model, load_splits, model_inputs, model_overrides, task_identity,
+)
 from rmaat.train.checkpoint import FORMAT, atomic_torch_save, capture_rng_state, load_checkpoint, restore_rng_state
 from rmaat.train.config import RunConfig, config_diff, config_hash
 from rmaat.train.distributed import (
-    DistInfo, ResumableSampler, ShardSampler, all_reduce_sum, any_rank, barrier, gather_objects,
-    init_distributed, shutdown_distributed,
+    ResumableSampler, all_reduce_sum, any_rank, barrier, gather_objects, init_distributed, shutdown_distributed,
 )
+from rmaat.train.evaluation import autocast_context, evaluate_checkpoint, evaluate_split  # noqa: F401
 from rmaat.train.metrics import MetricsLogger, atomic_write_json, atomic_write_text, plot_curves, truncate_metrics
 
 #: Files and folders a run writes; ``--force`` removes exactly these, nothing else.
 RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tensorboard", "checkpoints")
-
-
-# ============================================================================ model + data
-def model_overrides(config: RunConfig, spec: Any) -> tuple[str, dict[str, Any]]:
-    """(preset, ``build_model`` overrides) for a run config and a TaskSpec.
-
-    The task fixes vocabulary, classes, embedding kind and the dual encoder; the run config
-    fixes the length and segment count (1 for the non-recurrent presets ``transformer`` and
-    ``at``, which read the whole input at once) and, if set, the backprop mode; the rest of
-    ``model`` is passed through.
-    """
-    from rmaat.config import get_preset
-
-    m = config.model
-    for reserved, where in (("seq_len", "data.seq_len"), ("n_segments", "model.segments")):
-        if reserved in m.overrides:
-            raise ConfigError(f"set the model's {reserved} through {where}, not model.{reserved}")
-    base = get_preset(m.preset)  # ConfigError listing presets when unknown
-    recurrent = m.overrides.get("recurrent", base.recurrent)
-    overrides: dict[str, Any] = {
-        "vocab_size": spec.vocab_size,
-        "n_classes": spec.n_classes,
-        "embedding": "pixel" if spec.tokenizer == "pixels" else "token",
-        "dual_encoder": bool(spec.dual),
-        "seq_len": config.data.seq_len,
-        "n_segments": m.segments if recurrent else 1,
-    }
-    if m.backprop is not None:
-        overrides["backprop"] = m.backprop
-    overrides.update(m.overrides)
-    return m.preset, overrides
-
-
-def build_run_model(config: RunConfig, spec: Any, retention_factors: Any = None):
-    """Build the model of a run: ``(model, retention factors used or None)``.
-
-    Without ``retention_factors`` the run's table is read for T = segments (RetentionTableError
-    naming the command that adds a missing T).
-    """
-    from rmaat.config import get_preset
-    from rmaat.model import build_model
-
-    preset, overrides = model_overrides(config, spec)
-    model_cfg = get_preset(preset).replace(**overrides)
-    if model_cfg.use_retention and retention_factors is None:
-        from retention import load_retention_factors
-
-        retention_factors = load_retention_factors(model_cfg.n_segments, path=config.model.retention_table,
-                                                   variant=config.model.retention_variant)
-    if not model_cfg.use_retention:
-        retention_factors = None
-    model = build_model(model_cfg, retention_factors=retention_factors)
-    rf = None if retention_factors is None else [float(v) for v in np.asarray(retention_factors)]
-    return model, rf
-
-
-def load_splits(config: RunConfig, spec: Any, splits: tuple[str, ...]) -> dict[str, Dataset]:
-    """The requested splits of the run's task (DataError from the data layer passes through)."""
-    from rmaat.data import load_split
-
-    data_dir = config.data.data_dir
-    out = {split: load_split(spec.name, data_dir, split) for split in splits}
-    for split, dataset in out.items():
-        if len(dataset) == 0:
-            raise DataError(f"the {split} split of {spec.name} under {data_dir} is empty")
-    return out
-
-
-def task_identity(spec: Any, dataset: Dataset) -> tuple[str, bool]:
-    """(title, is_lra) of the data actually loaded: a generated set made with other rules than
-    LRA's (its ``generation.json`` says so) is reported under its own name, never as the LRA task."""
-    if spec.name == "listops":
-        from rmaat.data.listops import read_generation_record
-
-        record = read_generation_record(getattr(dataset, "source", ""))
-        if record is not None and not record.get("lra_rules", True):
-            return "short-ListOps demo set", False
-    return spec.title, bool(spec.is_lra)
-
-
-class Collate:
-    """Stack dataset items into a batch, truncated to ``seq_len`` and right-padded to the
-    longest item (the model pads further to its ``seq_len``). Picklable for DataLoader workers."""
-
-    def __init__(self, seq_len: int, pad_id: int = 0):
-        self.seq_len, self.pad_id = seq_len, pad_id
-
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch: dict[str, torch.Tensor] = {"label": torch.stack([torch.as_tensor(i["label"]) for i in items]).long()}
-        for ids_key, mask_key in (("input_ids", "attention_mask"), ("input_ids_2", "attention_mask_2")):
-            if ids_key not in items[0]:
-                continue
-            ids = [torch.as_tensor(i[ids_key])[: self.seq_len] for i in items]
-            masks = [torch.as_tensor(i[mask_key])[: self.seq_len].bool() if mask_key in i
-                     else torch.ones(len(x), dtype=torch.bool) for i, x in zip(items, ids)]
-            width = max(len(x) for x in ids)
-            batch[ids_key] = torch.stack([F.pad(x.long(), (0, width - len(x)), value=self.pad_id) for x in ids])
-            batch[mask_key] = torch.stack([F.pad(m, (0, width - len(m)), value=False) for m in masks])
-        return batch
-
-
-def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Token positions the model processes for a batch (both documents for Retrieval)."""
-    return sum(batch[k].numel() for k in ("input_ids", "input_ids_2") if k in batch)
-
-
-def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The forward-pass keyword arguments of a batch, on ``device``."""
-    keys = ("input_ids", "attention_mask", "input_ids_2", "attention_mask_2")
-    return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
-
-
-class BatchStream:
-    """Endless micro-batches over epochs with a resumable position ``(epoch, index)``.
-
-    ``index`` counts this rank's examples consumed in the current epoch; only batches handed
-    out count, so DataLoader prefetching does not move it.
-    """
-
-    def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int, collate: Collate,
-                 num_workers: int, seed: int):
-        if sampler.per_rank < batch_size:
-            raise ConfigError(f"the training split has {sampler.per_rank} examples per process, fewer than "
-                              f"one micro-batch of {batch_size}; lower train.batch_size or add data")
-        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
-        self.collate, self.num_workers, self.seed = collate, num_workers, seed
-        self.epoch, self.index = 0, 0
-        self._it: Iterator | None = None
-
-    def position(self) -> dict[str, int]:
-        """The data position to store in a checkpoint."""
-        return {"epoch": self.epoch, "index": self.index}
-
-    def restore(self, position: dict[str, int]) -> None:
-        """Continue from a stored position."""
-        self.epoch, self.index, self._it = int(position["epoch"]), int(position["index"]), None
-
-    def next(self) -> dict[str, torch.Tensor]:
-        """The next micro-batch."""
-        while True:
-            if self._it is None:
-                self.sampler.set_position(self.epoch, self.index)
-                # own generator: creating an iterator must not draw from the global RNG
-                generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch + self.index)
-                loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                                    collate_fn=self.collate, drop_last=True, num_workers=self.num_workers,
-                                    generator=generator)
-                self._it = iter(loader)
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                self.epoch, self.index, self._it = self.epoch + 1, 0, None
-                continue
-            self.index += self.batch_size
-            return batch
 
 
 def lr_multiplier(step: int, max_steps: int, warmup: float, schedule: str, min_ratio: float) -> float:
@@ -215,48 +66,6 @@ def lr_multiplier(step: int, max_steps: int, warmup: float, schedule: str, min_r
     progress = min(1.0, (step - warm) / max(1, max_steps - warm))
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
     return min_ratio + (1.0 - min_ratio) * shape
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (``precision`` bf16, or auto on CUDA) or a no-op."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def evaluate_split(model: torch.nn.Module, dataset: Dataset, *, batch_size: int, collate: Collate,
-                   device: torch.device, precision: str, n_classes: int, info: DistInfo = DistInfo(),
-                   max_batches: int | None = None) -> dict[str, Any]:
-    """Loss, accuracy and label counts on (the first ``max_batches`` batches of) a split.
-
-    Each rank evaluates a disjoint shard; sums are all-reduced, so every example counts once.
-    ``majority_baseline`` is the accuracy of always predicting the most frequent label.
-    """
-    was_training = model.training
-    model.eval()
-    limit = None if max_batches is None else max_batches * batch_size * info.world_size
-    sampler = ShardSampler(len(dataset), info.rank, info.world_size, limit)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    label_counts = torch.zeros(n_classes, dtype=torch.float64, device=device)
-    for batch in loader:
-        labels = batch["label"].to(device)
-        with autocast_context(device, precision):
-            logits = model(**model_inputs(batch, device))
-        logits = logits.float()
-        totals[0] += F.cross_entropy(logits, labels, reduction="sum")
-        totals[1] += (logits.argmax(-1) == labels).sum()
-        totals[2] += labels.numel()
-        label_counts += torch.bincount(labels, minlength=n_classes)[:n_classes].to(label_counts.dtype)
-    all_reduce_sum(totals, info)
-    all_reduce_sum(label_counts, info)
-    model.train(was_training)
-    n = max(1.0, totals[2].item())
-    return {"loss": totals[0].item() / n, "accuracy": totals[1].item() / n, "n": int(totals[2].item()),
-            "majority_baseline": label_counts.max().item() / n,
-            "label_counts": [int(c) for c in label_counts.tolist()]}
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
@@ -688,41 +497,3 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
                       progress=progress, echo=echo or click_style_echo)
     return trainer.fit()
 
-
-# ============================================================================= evaluate
-def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
-                        device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
-    """Accuracy of a checkpoint (``last.pt`` or ``best.pt``) on a split of its task's data."""
-    from rmaat.data import get_task
-    from rmaat.data.tasks import check_split
-
-    check_split(split)
-    state = load_checkpoint(path)
-    config = RunConfig.from_dict(state["config"], f"{path} (stored config)")
-    if config_hash(config) != state["config_hash"]:
-        raise CheckpointError(f"checkpoint {path}: stored config does not match its hash; the file was altered")
-    if data_dir is not None:
-        config.data.data_dir = data_dir
-    config.train.device = device
-    config.validate()
-    spec = get_task(config.task)
-    dataset = load_splits(config, spec, (split,))[split]
-    model, _ = build_run_model(config, spec, state.get("retention_factors"))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
-                              f"({str(error).splitlines()[0]})") from None
-    info, torch_device = init_distributed(device)
-    try:
-        model.to(torch_device)
-        bs = batch_size or config.train.batch_size // config.train.grad_accum
-        result = evaluate_split(model, dataset, batch_size=bs, collate=Collate(config.data.seq_len, spec.pad_id),
-                                device=torch_device, precision=config.train.precision, n_classes=spec.n_classes,
-                                info=info)
-    finally:
-        shutdown_distributed()
-    title, is_lra = task_identity(spec, dataset)
-    result.update({"split": split, "task": config.task, "task_title": title, "is_lra": is_lra,
-                   "preset": config.model.preset, "step": int(state["step"]), "checkpoint": str(path)})
-    return result

@@ -1,0 +1,103 @@
+"""Evaluation of a model on a split (:func:`evaluate_split`, also used for the trainer's
+validation and test passes) and of a stored checkpoint (:func:`evaluate_checkpoint`, behind
+``pipeline evaluate``).
+
+Evaluation draws no random numbers (the model is in eval mode), so a validation pass between
+two training steps leaves the global RNG, and hence exact resume, untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from rmaat.errors import CheckpointError
+from rmaat.train.batching import Collate, build_run_model, load_splits, model_inputs, task_identity
+from rmaat.train.checkpoint import load_checkpoint
+from rmaat.train.config import RunConfig, config_hash
+from rmaat.train.distributed import DistInfo, ShardSampler, all_reduce_sum, init_distributed, shutdown_distributed
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (``precision`` bf16, or auto on CUDA) or a no-op."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, dataset: Dataset, *, batch_size: int, collate: Collate,
+                   device: torch.device, precision: str, n_classes: int, info: DistInfo = DistInfo(),
+                   max_batches: int | None = None) -> dict[str, Any]:
+    """Loss, accuracy and label counts on (the first ``max_batches`` batches of) a split.
+
+    Each rank evaluates a disjoint shard; sums are all-reduced, so every example counts once.
+    ``majority_baseline`` is the accuracy of always predicting the most frequent label.
+    """
+    was_training = model.training
+    model.eval()
+    limit = None if max_batches is None else max_batches * batch_size * info.world_size
+    sampler = ShardSampler(len(dataset), info.rank, info.world_size, limit)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    label_counts = torch.zeros(n_classes, dtype=torch.float64, device=device)
+    for batch in loader:
+        labels = batch["label"].to(device)
+        with autocast_context(device, precision):
+            logits = model(**model_inputs(batch, device))
+        logits = logits.float()
+        totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+        totals[1] += (logits.argmax(-1) == labels).sum()
+        totals[2] += labels.numel()
+        label_counts += torch.bincount(labels, minlength=n_classes)[:n_classes].to(label_counts.dtype)
+    all_reduce_sum(totals, info)
+    all_reduce_sum(label_counts, info)
+    model.train(was_training)
+    n = max(1.0, totals[2].item())
+    return {"loss": totals[0].item() / n, "accuracy": totals[1].item() / n, "n": int(totals[2].item()),
+            "majority_baseline": label_counts.max().item() / n,
+            "label_counts": [int(c) for c in label_counts.tolist()]}
+
+
+def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
+                        device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
+    """Accuracy of a checkpoint (``last.pt`` or ``best.pt``) on a split of its task's data."""
+    from rmaat.data import get_task
+    from rmaat.data.tasks import check_split
+
+    check_split(split)
+    state = load_checkpoint(path)
+    config = RunConfig.from_dict(state["config"], f"{path} (stored config)")
+    if config_hash(config) != state["config_hash"]:
+        raise CheckpointError(f"checkpoint {path}: stored config does not match its hash; the file was altered")
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    config.train.device = device
+    config.validate()
+    spec = get_task(config.task)
+    dataset = load_splits(config, spec, (split,))[split]
+    model, _ = build_run_model(config, spec, state.get("retention_factors"))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
+                              f"({str(error).splitlines()[0]})") from None
+    info, torch_device = init_distributed(device)
+    try:
+        model.to(torch_device)
+        bs = batch_size or config.train.batch_size // config.train.grad_accum
+        result = evaluate_split(model, dataset, batch_size=bs, collate=Collate(config.data.seq_len, spec.pad_id),
+                                device=torch_device, precision=config.train.precision, n_classes=spec.n_classes,
+                                info=info)
+    finally:
+        shutdown_distributed()
+    title, is_lra = task_identity(spec, dataset)
+    result.update({"split": split, "task": config.task, "task_title": title, "is_lra": is_lra,
+                   "preset": config.model.preset, "step": int(state["step"]), "checkpoint": str(path)})
+    return result
