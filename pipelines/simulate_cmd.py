@@ -20,6 +20,7 @@ import neuro_sim  # import-light: brian2 is loaded only when a network runs
 from neuro_sim.codegen import CODEGEN_MODES, validate_codegen
 from neuro_sim.errors import SimulationInputError
 from neuro_sim.protocol import MAX_SEGMENTS, validate_segment_count
+from pipelines.options import parse_int_list
 from retention.errors import RetentionTableError
 from retention.macro_model import DEFAULT_FAMILIES, ModelSelection, fit_macro_model
 from retention.table import (
@@ -38,30 +39,9 @@ FAMILY_CHOICES = ("auto",) + DEFAULT_FAMILIES
 
 
 def parse_segments(specs: tuple[str, ...]) -> list[int]:
-    """'16', '4,8,16', '1-64' (and mixtures, repeated) -> sorted unique segment counts."""
-    values: set[int] = set()
-    for spec in specs:
-        for token in str(spec).split(","):
-            token = token.strip()
-            if not token:
-                raise SimulationInputError(f"--segments {spec!r} has an empty entry; use e.g. 16, 4,8,16 or 1-64")
-            lo_text, sep, hi_text = token.partition("-")
-            try:
-                if not lo_text or not sep:  # a plain number, possibly negative: "16", "-3"
-                    lo = hi = int(token)
-                    sep = ""
-                else:
-                    lo, hi = int(lo_text), int(hi_text)
-            except ValueError:
-                raise SimulationInputError(
-                    f"--segments {token!r} is not a whole number or range; use e.g. 16, 4,8,16 or 1-64"
-                ) from None
-            if sep and lo > hi:
-                raise SimulationInputError(f"--segments range {token!r} is empty; write it as low-high")
-            for value in (lo, hi):
-                validate_segment_count(value)  # >= 1 and <= MAX_SEGMENTS, one-line message
-            values.update(range(lo, hi + 1))
-    return sorted(values)
+    """'16', '4,8,16', '1-64' (and mixtures, repeated) -> sorted unique segment counts, each
+    within 1..MAX_SEGMENTS (checked before a range is expanded)."""
+    return parse_int_list(specs, "--segments", check=validate_segment_count)
 
 
 def _check_writable(out: Path) -> None:

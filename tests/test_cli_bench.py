@@ -68,3 +68,14 @@ def test_throughput_json_rows_compare_presets_at_equal_size():
 def test_throughput_rejects_unknown_preset():
     result = CliRunner().invoke(cli, ["bench", "throughput", "--presets", "gpt5"])
     assert result.exit_code != 0 and "unknown preset" in result.output and "Traceback" not in result.output
+
+
+def test_huge_range_fails_before_it_is_expanded():
+    import click
+
+    def at_most_100(value):
+        if value > 100:
+            raise click.ClickException(f"{value} > 100")
+
+    with pytest.raises(click.ClickException, match="999999999 > 100"):
+        parse_int_list("1-999999999", "--x", check=at_most_100)
