@@ -23,11 +23,13 @@ FASHION_PACKAGE = Path("/usr/share/datasets/fashion-mnist")
 def test_registry_has_the_paper_lengths_and_segments():
     lengths = {name: spec.seq_len for name, spec in TASKS.items()}
     assert lengths == {"listops": 2048, "text": 4096, "retrieval": 4096, "image": 1024,
-                       "pathfinder": 1024, "fashion_mnist": 1024}
+                       "pathfinder": 1024, "fashion_mnist": 1024, "kjv_text": 4096, "kjv_match": 4096,
+                       "babi_qa1": 65536, "babi_qa2": 65536}  # memory tasks: the longest; runs use the data's
     assert get_task("retrieval").dual and get_task("retrieval").total_len == 8192
+    assert get_task("kjv_match").dual and get_task("kjv_match").total_len == 8192
     assert all(spec.segment_len == 512 for spec in TASKS.values())
-    assert not get_task("fashion_mnist").is_lra
-    assert all(spec.is_lra for name, spec in TASKS.items() if name != "fashion_mnist")
+    stand_ins = {"fashion_mnist", "babi_qa1", "babi_qa2", "kjv_text", "kjv_match"}
+    assert all(spec.is_lra == (name not in stand_ins) for name, spec in TASKS.items())
 
 
 def test_unknown_task_and_split_list_valid_names(tmp_path):

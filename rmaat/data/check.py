@@ -38,6 +38,7 @@ class CheckReport:
     root: Path | None
     splits: list[SplitReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    example_length: int | None = None  # the generated length of a memory task's examples
 
     @property
     def ok(self) -> bool:
@@ -48,8 +49,9 @@ class CheckReport:
         """Human-readable report."""
         spec = self.spec
         kind = "LRA task" if spec.is_lra else "stand-in, not an LRA task: never report it as one"
+        length = self.example_length or spec.seq_len
         out = [f"{spec.name}: {spec.title} ({kind}); {spec.n_classes} classes, "
-               f"length {spec.seq_len}{' per document, 2 documents' if spec.dual else ''}"]
+               f"length {length}{' per document, 2 documents' if spec.dual else ''}"]
         if self.root is not None:
             out.append(f"data: {self.root}")
         for r in self.splits:
@@ -82,4 +84,5 @@ def check_task(task: str, data_dir: str | Path | None) -> CheckReport:
             continue
         report.splits.append(SplitReport(split, len(ds), ds.class_counts().tolist(),
                                          ds.n_truncated, ds.source))
+        report.example_length = getattr(ds, "example_length", None)
     return report

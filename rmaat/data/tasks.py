@@ -32,8 +32,8 @@ class TaskSpec:
     """Facts about one classification task.
 
     Attributes:
-        name: registry key (``listops``, ``text``, ``retrieval``, ``image``, ``pathfinder``,
-            ``fashion_mnist``).
+        name: registry key (``listops``, ``text``, ``retrieval``, ``image``, ``pathfinder``;
+            the stand-ins ``fashion_mnist``, ``babi_qa1``, ``babi_qa2``, ``kjv_text``, ``kjv_match``).
         title: human-readable name for reports.
         seq_len: tokens per document after padding/truncation (per document for dual tasks).
         n_classes: number of labels.
@@ -52,6 +52,10 @@ class TaskSpec:
         obtain: how to get the data (download and/or generate command).
         loader: ``"module:function"`` with signature ``(spec, root: Path, split) -> Dataset``.
         default_data_dir: used when no ``--data-dir`` is given (Debian package paths).
+        generator: ``"module:function"`` writing the task's files (``pipeline data generate``).
+        class_names: label names, index = class.
+        fixed_length: every example has the generated length and ends with the question (the
+            memory tasks); a run must use that length, or keep the end (``data.truncate=left``).
     """
 
     name: str
@@ -72,6 +76,7 @@ class TaskSpec:
     default_data_dir: str | None = None
     generator: str | None = None
     class_names: tuple[str, ...] = field(default=())
+    fixed_length: bool = False
 
     @property
     def segment_len(self) -> int:
@@ -82,6 +87,26 @@ class TaskSpec:
     def total_len(self) -> int:
         """Tokens per example over all documents (8K for Retrieval)."""
         return self.seq_len * (2 if self.dual else 1)
+
+
+#: The memory tasks' classes (bAbI's six places; rmaat.data.babi.PLACES, checked by a test).
+BABI_PLACES: tuple[str, ...] = ("bathroom", "hallway", "bedroom", "kitchen", "garage", "balcony")
+KJV_PACKAGE_NOTE = "Debian's bible-kjv and bible-kjv-text"
+
+
+
+def _memory_task(qa: str, title: str) -> TaskSpec:
+    """The registry entry of a memory task (``rmaat.data.babi``): bytes, 6 places, any length."""
+    return TaskSpec(
+        name=f"babi_{qa}", title=title, seq_len=65536, n_classes=len(BABI_PLACES),
+        vocab_size=257, tokenizer="bytes", n_segments=128, is_lra=False,  # the longest; runs use the data's
+        subdir=f"babi_{qa}", probe="generation.json",
+        layout=("train.jsonl", "val.jsonl", "test.jsonl", "generation.json"),
+        obtain=(f"generate it: pipeline data generate --task babi_{qa} --out DIR --length 4096 "
+                f"(needs {KJV_PACKAGE_NOTE})"),
+        loader="rmaat.data.babi:load_babi", generator=f"rmaat.data.babi:generate_babi_{qa}",
+        class_names=BABI_PLACES, fixed_length=True,
+    )
 
 
 _LISTOPS_VOCAB_SIZE = 18  # pad, "]", 6 operators, 10 digits: see rmaat.data.tokenize.LISTOPS_VOCAB
@@ -154,6 +179,26 @@ TASKS: dict[str, TaskSpec] = {
             default_data_dir="/usr/share/datasets/fashion-mnist",
             class_names=("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                          "sneaker", "bag", "ankle-boot"),
+        ),
+        _memory_task("qa1", "bAbI qa1 in KJV haystacks"),
+        _memory_task("qa2", "bAbI qa2 in KJV haystacks"),
+        TaskSpec(
+            name="kjv_text", title="KJV book group (Text-shaped stand-in)", seq_len=4096, n_classes=6,
+            vocab_size=257, tokenizer="bytes", n_segments=8, is_lra=False,
+            subdir="kjv_text", probe="generation.json",
+            layout=("train.jsonl", "val.jsonl", "test.jsonl", "generation.json"),
+            obtain=f"generate it: pipeline data generate --task kjv_text --out DIR (needs {KJV_PACKAGE_NOTE})",
+            loader="rmaat.data.kjv:load_kjv_task", generator="rmaat.data.kjv:generate_kjv_text",
+            class_names=("law", "history", "wisdom", "prophets", "gospels_acts", "epistles_revelation"),
+        ),
+        TaskSpec(
+            name="kjv_match", title="KJV same-book pairs (Retrieval-shaped stand-in)", seq_len=4096,
+            n_classes=2, vocab_size=257, tokenizer="bytes", n_segments=8, dual=True, is_lra=False,
+            subdir="kjv_match", probe="generation.json",
+            layout=("train.jsonl", "val.jsonl", "test.jsonl", "generation.json"),
+            obtain=f"generate it: pipeline data generate --task kjv_match --out DIR (needs {KJV_PACKAGE_NOTE})",
+            loader="rmaat.data.kjv:load_kjv_task", generator="rmaat.data.kjv:generate_kjv_match",
+            class_names=("different_book", "same_book"),
         ),
     )
 }

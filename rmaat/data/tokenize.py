@@ -103,7 +103,9 @@ class SequenceDataset(Dataset):
 
     Items are dicts: ``input_ids`` (L,) long, ``attention_mask`` (L,) bool (True = real token),
     ``label`` () long; dual tasks add ``input_ids_2`` and ``attention_mask_2``. Sequences longer
-    than ``seq_len`` are truncated (as LRA does); ``n_truncated`` counts them.
+    than ``seq_len`` are truncated (as LRA does); ``n_truncated`` counts them. ``truncate``
+    ``"right"`` keeps the first ``seq_len`` tokens (LRA), ``"left"`` the last ones (a model
+    that sees only the end of a memory-task example: the no-memory control).
 
     Attributes:
         spec: the task.
@@ -111,7 +113,13 @@ class SequenceDataset(Dataset):
         split: ``train``, ``val`` or ``test``.
         source: where the examples were read from (for reports).
         labels: (N,) int64 labels.
+        example_length: the fixed length of every example when the task has one (memory
+            tasks, whose question ends the example), else None.
+        metadata: per-example arrays for grouped reports (memory tasks: ``depth_segment``).
     """
+
+    truncate: str = "right"
+    example_length: int | None = None
 
     def __init__(self, spec: TaskSpec, split: str, tokens: Ragged, labels: np.ndarray,
                  source: str, tokens_2: Ragged | None = None, seq_len: int | None = None):
@@ -125,6 +133,7 @@ class SequenceDataset(Dataset):
         self._tokens = tokens
         self._tokens_2 = tokens_2
         self._shift = ID_SHIFT[spec.tokenizer]
+        self.metadata: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -144,6 +153,8 @@ class SequenceDataset(Dataset):
     def _pad(self, values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         length = self.seq_len
         n = min(len(values), length)
+        if self.truncate == "left":
+            values = values[len(values) - n:]
         ids = torch.full((length,), self.spec.pad_id, dtype=torch.long)  # (L,)
         ids[:n] = torch.from_numpy(values[:n].astype(np.int64)) + self._shift
         mask = torch.zeros(length, dtype=torch.bool)  # (L,)
