@@ -69,7 +69,8 @@ def resolve_config(task: str | None, config_path: str | None, run_dir: str | Non
 
 
 @click.command()
-@click.option("--task", default=None, help="listops, text, retrieval, image, pathfinder or fashion_mnist.")
+@click.option("--task", default=None, help="listops, text, retrieval, image, pathfinder; stand-ins fashion_mnist, "
+                                           "babi_qa1, babi_qa2, kjv_text, kjv_match.")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="A run-config YAML to start from instead of the task's packaged one.")
 @click.option("--preset", default=None, help="rmaat (default), rmt, rlt, at or transformer.")
@@ -128,8 +129,10 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
 @click.option("--data-dir", default=None, help="Data directory (default: the one the run used).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=None, help="Evaluation batch size (default: the run's).")
+@click.option("--by", type=click.Choice(["depth"]), default=None,
+              help="Also report accuracy per segment of the supporting fact (memory tasks).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint, split, data_dir, device, batch_size, as_json) -> None:
+def evaluate(checkpoint, split, data_dir, device, batch_size, by, as_json) -> None:
     """Report a checkpoint's accuracy on a split, next to the majority-class baseline."""
     from rmaat.errors import ConfigError
 
@@ -137,7 +140,8 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, as_json) -> None:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     from rmaat.train.trainer import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size)
+    result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size,
+                                 by=by)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -145,3 +149,7 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, as_json) -> None:
     click.echo(f"{result['task_title']}{stand_in}, {result['preset']} at step {result['step']}, "
                f"{split} split (n={result['n']}): accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}; "
                f"majority-class baseline {result['majority_baseline']:.4f}")
+    if by == "depth":
+        from rmaat.train.trainer import format_by_depth
+
+        click.echo(format_by_depth(result["by_depth_segment"]))

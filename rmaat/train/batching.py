@@ -76,14 +76,30 @@ def build_run_model(config: RunConfig, spec: Any, retention_factors: Any = None)
 
 
 def load_splits(config: RunConfig, spec: Any, splits: tuple[str, ...]) -> dict[str, Dataset]:
-    """The requested splits of the run's task (DataError from the data layer passes through)."""
+    """The requested splits of the run's task, cut to ``data.seq_len`` from the side that
+    ``data.truncate`` names (DataError from the data layer passes through).
+
+    A memory task's examples all have the generated length and end with the question, so a run
+    must use that length; a shorter one is refused unless it keeps the end (``truncate=left``).
+    """
     from rmaat.data import load_split
 
     data_dir = config.data.data_dir
-    out = {split: load_split(spec.name, data_dir, split) for split in splits}
+    seq_len = config.data.seq_len if config.data.seq_len <= spec.seq_len else None
+    out = {split: load_split(spec.name, data_dir, split, seq_len=seq_len) for split in splits}
     for split, dataset in out.items():
         if len(dataset) == 0:
             raise DataError(f"the {split} split of {spec.name} under {data_dir} is empty")
+        dataset.truncate = config.data.truncate
+        length = getattr(dataset, "example_length", None)
+        if length is None or length == config.data.seq_len:
+            continue
+        if config.data.seq_len < length and config.data.truncate == "left":
+            continue
+        raise DataError(
+            f"the {spec.name} data under {data_dir} has {length}-byte examples ending with the question, "
+            f"but data.seq_len is {config.data.seq_len}: use --seq-len {length}"
+            + (" (or keep only the end with --set data.truncate=left)" if config.data.seq_len < length else ""))
     return out
 
 
@@ -96,6 +112,8 @@ def task_identity(spec: Any, dataset: Dataset) -> tuple[str, bool]:
         record = read_generation_record(getattr(dataset, "source", ""))
         if record is not None and not record.get("lra_rules", True):
             return "short-ListOps demo set", False
+    if getattr(dataset, "truncate", "right") == "left" and getattr(dataset, "example_length", None):
+        return f"{spec.title}, last {dataset.seq_len} of {dataset.example_length} bytes only", bool(spec.is_lra)
     return spec.title, bool(spec.is_lra)
 
 

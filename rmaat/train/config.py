@@ -4,7 +4,7 @@ A run config has four sections plus the task name::
 
     task: listops
     model:   {preset, backprop, segments, <any build_model override: d_model, n_layers, ...>}
-    data:    {seq_len, data_dir, num_workers}
+    data:    {seq_len, data_dir, num_workers, truncate}
     optim:   {lr, weight_decay, betas, warmup, schedule, grad_clip}
     train:   {max_steps, batch_size, grad_accum, eval_every, seed, device, precision, ...}
 
@@ -52,6 +52,7 @@ RUNTIME_KEYS: frozenset[str] = frozenset({
 BACKPROP_MODES = ("amrb", "bptt")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
+TRUNCATE_SIDES = ("right", "left")
 
 
 @dataclass
@@ -85,11 +86,15 @@ class DataSection:
 
     ``seq_len`` is the length fed to the model: longer examples are truncated, shorter ones
     padded, so small values give quick CPU runs. ``data_dir`` None means ``data/<task>``.
+    ``truncate`` says which end a long example keeps: ``right`` cuts the end off (LRA's rule),
+    ``left`` keeps the last ``seq_len`` tokens; on a memory task (question at the end) that is
+    a model that sees only the end of each example, the no-memory control.
     """
 
     seq_len: int = 2048
     data_dir: str | None = None
     num_workers: int = 0
+    truncate: str = "right"
 
 
 @dataclass
@@ -209,6 +214,8 @@ class RunConfig:
             raise ConfigError(f"data.seq_len ({d.seq_len}) must be a multiple of model.segments "
                               f"({m.segments}) so every segment has the same length")
         _at_least("data.num_workers", d.num_workers, 0)
+        if d.truncate not in TRUNCATE_SIDES:
+            raise ConfigError(f"data.truncate must be one of {', '.join(TRUNCATE_SIDES)}, got {d.truncate!r}")
         if not o.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
         _at_least("optim.weight_decay", o.weight_decay, 0.0)

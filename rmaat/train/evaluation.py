@@ -12,11 +12,12 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from rmaat.errors import CheckpointError
+from rmaat.errors import CheckpointError, ConfigError
 from rmaat.train.batching import Collate, build_run_model, load_splits, model_inputs, task_identity
 from rmaat.train.checkpoint import load_checkpoint
 from rmaat.train.config import RunConfig, config_hash
@@ -34,11 +35,13 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 @torch.no_grad()
 def evaluate_split(model: torch.nn.Module, dataset: Dataset, *, batch_size: int, collate: Collate,
                    device: torch.device, precision: str, n_classes: int, info: DistInfo = DistInfo(),
-                   max_batches: int | None = None) -> dict[str, Any]:
+                   max_batches: int | None = None, by: str | None = None) -> dict[str, Any]:
     """Loss, accuracy and label counts on (the first ``max_batches`` batches of) a split.
 
     Each rank evaluates a disjoint shard; sums are all-reduced, so every example counts once.
     ``majority_baseline`` is the accuracy of always predicting the most frequent label.
+    ``by`` names a per-example array of ``dataset.metadata`` (``depth_segment`` on the memory
+    tasks); the result then adds ``by_<name>``: ``{value: {"accuracy", "n"}}`` per group.
     """
     was_training = model.training
     model.eval()
@@ -47,31 +50,69 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, *, batch_size: int,
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     label_counts = torch.zeros(n_classes, dtype=torch.float64, device=device)
+    groups = group_ids(dataset, by)
+    group_totals = torch.zeros(2, int(groups.max()) + 2 if groups is not None else 0,
+                               dtype=torch.float64, device=device)  # (correct, count) per group
+    order, seen = sampler.indices, 0
     for batch in loader:
         labels = batch["label"].to(device)
         with autocast_context(device, precision):
             logits = model(**model_inputs(batch, device))
         logits = logits.float()
+        correct = logits.argmax(-1) == labels  # (B,)
         totals[0] += F.cross_entropy(logits, labels, reduction="sum")
-        totals[1] += (logits.argmax(-1) == labels).sum()
+        totals[1] += correct.sum()
         totals[2] += labels.numel()
         label_counts += torch.bincount(labels, minlength=n_classes)[:n_classes].to(label_counts.dtype)
+        if groups is not None:  # batches follow the sampler's order, so its indices name the examples
+            g = torch.as_tensor(groups[order[seen:seen + len(labels)]] + 1, device=device)  # -1 (none) -> 0
+            group_totals[0].index_add_(0, g, correct.to(group_totals.dtype))
+            group_totals[1].index_add_(0, g, torch.ones_like(g, dtype=group_totals.dtype))
+        seen += len(labels)
     all_reduce_sum(totals, info)
     all_reduce_sum(label_counts, info)
     model.train(was_training)
     n = max(1.0, totals[2].item())
-    return {"loss": totals[0].item() / n, "accuracy": totals[1].item() / n, "n": int(totals[2].item()),
-            "majority_baseline": label_counts.max().item() / n,
-            "label_counts": [int(c) for c in label_counts.tolist()]}
+    result = {"loss": totals[0].item() / n, "accuracy": totals[1].item() / n, "n": int(totals[2].item()),
+              "majority_baseline": label_counts.max().item() / n,
+              "label_counts": [int(c) for c in label_counts.tolist()]}
+    if groups is not None:
+        all_reduce_sum(group_totals, info)
+        result[f"by_{by}"] = {str(value - 1): {"accuracy": hit / count, "n": int(count)}
+                              for value, (hit, count) in enumerate(zip(*group_totals.tolist())) if count}
+    return result
+
+
+def group_ids(dataset: Dataset, by: str | None) -> np.ndarray | None:
+    """The per-example array ``dataset.metadata[by]`` (ints >= -1), or None when ``by`` is None.
+
+    ConfigError when the split has no such array (e.g. ``--by depth`` on a task without depths)."""
+    if by is None:
+        return None
+    metadata = getattr(dataset, "metadata", {})
+    if by not in metadata:
+        known = ", ".join(metadata) or "none"
+        raise ConfigError(f"this split has no per-example {by!r} to group by (available: {known}); "
+                          "--by depth needs a memory task (babi_qa1, babi_qa2)")
+    return np.asarray(metadata[by], dtype=np.int64)
+
+
+#: ``--by`` names -> the dataset metadata they group by.
+GROUPINGS = {"depth": "depth_segment"}
 
 
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
-                        device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
-    """Accuracy of a checkpoint (``last.pt`` or ``best.pt``) on a split of its task's data."""
+                        device: str = "auto", batch_size: int | None = None, by: str | None = None
+                        ) -> dict[str, Any]:
+    """Accuracy of a checkpoint (``last.pt`` or ``best.pt``) on a split of its task's data.
+
+    ``by="depth"`` adds accuracy per segment of the supporting fact (memory tasks)."""
     from rmaat.data import get_task
     from rmaat.data.tasks import check_split
 
     check_split(split)
+    if by is not None and by not in GROUPINGS:
+        raise ConfigError(f"--by {by!r} is not one of {', '.join(GROUPINGS)}")
     state = load_checkpoint(path)
     config = RunConfig.from_dict(state["config"], f"{path} (stored config)")
     if config_hash(config) != state["config_hash"]:
@@ -94,7 +135,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
         bs = batch_size or config.train.batch_size // config.train.grad_accum
         result = evaluate_split(model, dataset, batch_size=bs, collate=Collate(config.data.seq_len, spec.pad_id),
                                 device=torch_device, precision=config.train.precision, n_classes=spec.n_classes,
-                                info=info)
+                                info=info, by=None if by is None else GROUPINGS[by])
     finally:
         shutdown_distributed()
     title, is_lra = task_identity(spec, dataset)

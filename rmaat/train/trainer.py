@@ -314,11 +314,11 @@ class Trainer:
     def _elapsed(self) -> float:
         return self.elapsed_prev + (time.perf_counter() - self.session_start)
 
-    def _evaluate(self, split: str, full: bool) -> dict[str, Any]:
+    def _evaluate(self, split: str, full: bool, by: str | None = None) -> dict[str, Any]:
         t = self.config.train
         return evaluate_split(self.model, self.data[split], batch_size=self.micro_batch, collate=self.collate,
                               device=self.device, precision=t.precision, n_classes=self.spec.n_classes,
-                              info=self.info, max_batches=None if full else t.eval_batches)
+                              info=self.info, max_batches=None if full else t.eval_batches, by=by)
 
     def _validate(self, full: bool) -> dict[str, Any]:
         result = self._evaluate("val", full)
@@ -355,7 +355,7 @@ class Trainer:
         cfg, info = self.config, self.info
         barrier(info)  # every rank has validated config, data and model
         if info.is_main:
-            if cfg.data.seq_len < self.spec.seq_len:
+            if cfg.data.seq_len < self.spec.seq_len and not self.spec.fixed_length:
                 self.echo(f"note: data.seq_len={cfg.data.seq_len} is below the task's length "
                           f"{self.spec.seq_len}: longer inputs are cut", err=True)
             if self._force and not self.resume:
@@ -433,7 +433,8 @@ class Trainer:
         if self.best_step != self.step:
             best = load_checkpoint(best_path, map_location=self.device)
             self.model.load_state_dict(best["model"])
-        test = self._evaluate("test", full=True)
+        depth = "depth_segment" if "depth_segment" in getattr(self.data["test"], "metadata", {}) else None
+        test = self._evaluate("test", full=True, by=depth)
         self.logger.log({"step": self.step, "split": "test", "loss": test["loss"], "accuracy": test["accuracy"],
                          "n": test["n"], "checkpoint_step": self.best_step, "elapsed_s": self._elapsed()})
         summary = {
@@ -450,6 +451,8 @@ class Trainer:
             "segments": self.model.cfg.n_segments, "config_hash": config_hash(cfg),
             **peak_memory(self.device),
         }
+        if depth is not None:  # memory tasks: accuracy by the segment that holds the supporting fact
+            summary["test_accuracy_by_depth"] = test["by_depth_segment"]
         if info.enabled:
             summary["replica_param_sha256"] = digests
             summary["replicas_identical"] = len(set(digests)) == 1
@@ -487,7 +490,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{summary['majority_baseline']:.4f} (n={summary['n_test']}, checkpoint of step {summary['best_step']})\n"
             f"  best val accuracy {summary['val_accuracy']:.4f}; "
             f"{summary['train_tokens_per_s']:.4g} tokens/s; peak memory "
-            f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']})")
+            f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']})"
+            + ("\n" + format_by_depth(summary["test_accuracy_by_depth"]) if "test_accuracy_by_depth" in summary else ""))
+
+
+def format_by_depth(groups: dict[str, dict[str, float]]) -> str:
+    """One line: accuracy (n) per 0-based segment of the supporting fact."""
+    cells = [f"segment {g}: {v['accuracy']:.3f} (n={v['n']})" for g, v in sorted(groups.items(), key=lambda kv: int(kv[0]))]
+    return "  by depth of the supporting fact: " + "; ".join(cells)
 
 
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, force: bool = False,
