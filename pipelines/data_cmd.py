@@ -1,4 +1,5 @@
-"""``pipeline data``: generate ListOps / Pathfinder in LRA's layout; check a data directory.
+"""``pipeline data``: generate ListOps / Pathfinder in LRA's layout and the offline stand-ins
+(memory tasks ``babi_qa1``/``babi_qa2``, ``kjv_text``, ``kjv_match``); check a data directory.
 
 ``generate`` writes into a temporary directory beside ``--out`` and renames it into place when
 complete, so an interrupted run never leaves a half-written data set under ``--out``.
@@ -17,10 +18,34 @@ import click
 
 from rmaat.errors import ConfigError
 
-#: LRA's full sizes, used when --size is not given.
-DEFAULT_SIZES = {"listops": 100_000, "pathfinder": 200_000}
+#: LRA's full sizes (and the stand-ins'), used when --size is not given.
+DEFAULT_SIZES = {"listops": 100_000, "pathfinder": 200_000, "babi_qa1": 20_000, "babi_qa2": 20_000,
+                 "kjv_text": 20_000, "kjv_match": 20_000}
 #: Smallest sizes the split rules accept (one example per split / an 80-10-10 split).
-MIN_SIZES = {"listops": 3, "pathfinder": 10}
+MIN_SIZES = {"listops": 3, "pathfinder": 10, "babi_qa1": 3, "babi_qa2": 3, "kjv_text": 3, "kjv_match": 3}
+MEMORY_TASKS = ("babi_qa1", "babi_qa2")
+
+
+def memory_task_config(task: str, length: int | None, segment_length: int | None, facts: int | None,
+                       people: int | None, fact_segments: str | None):
+    """The BabiConfig of ``--task babi_*`` from the generate options (ConfigError on impossible ones)."""
+    from pipelines.options import parse_int_list
+    from rmaat.data.babi import BabiConfig
+
+    defaults = BabiConfig()
+    segments = None
+    if fact_segments is not None:
+        def non_negative(value: int) -> None:
+            if value < 0:
+                raise ConfigError(f"--fact-segments values are 0-based segment indices, got {value}")
+        segments = tuple(parse_int_list(fact_segments, "--fact-segments", check=non_negative))
+    return BabiConfig(
+        task=task.removeprefix("babi_"),
+        length=defaults.length if length is None else length,
+        segment_length=defaults.segment_length if segment_length is None else segment_length,
+        n_facts=defaults.n_facts if facts is None else facts,
+        n_people=defaults.n_people if people is None else people,
+        fact_segments=segments)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -43,7 +68,9 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--task", required=True, help="listops or pathfinder (the tasks LRA generates).")
+@click.option("--task", required=True,
+              help="listops or pathfinder (LRA's generated tasks); babi_qa1, babi_qa2, kjv_text or "
+                   "kjv_match (offline stand-ins on the King James Bible, never LRA results).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output directory (official layout is written inside it).")
 @click.option("--size", type=int, default=None,
@@ -55,13 +82,24 @@ def data() -> None:
                    "Other bounds make a short-ListOps demo set, not LRA ListOps.")
 @click.option("--max-length", type=int, default=None,
               help="listops only: keep expressions shorter than this many tokens [default: LRA's 2000].")
+@click.option("--length", type=int, default=None,
+              help="babi_* only: bytes per example, question included [default: 4096].")
+@click.option("--segment-length", type=int, default=None,
+              help="babi_* only: bytes per model segment; facts never straddle one [default: 512].")
+@click.option("--facts", type=int, default=None,
+              help="babi_* only: fact sentences per story, distractors included [default: 4].")
+@click.option("--people", type=int, default=None, help="babi_* only: people per story [default: 4].")
+@click.option("--fact-segments", default=None,
+              help="babi_* only: 0-based segments that may hold facts, e.g. 0 or 0-2 [default: all].")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def generate(task: str, out: Path, size: int | None, seed: int, min_length: int | None,
-             max_length: int | None, force: bool) -> None:
+             max_length: int | None, length: int | None, segment_length: int | None, facts: int | None,
+             people: int | None, fact_segments: str | None, force: bool) -> None:
     """Generate a data set from the published rules, written in LRA's layout.
 
     With --min-length/--max-length (listops), the set is a short-ListOps demo set; the rules
-    used are recorded in listops-1000/generation.json.
+    used are recorded in listops-1000/generation.json. The babi_* memory tasks hide bAbI facts in
+    King James Bible text (Debian's bible-kjv); their generation.json records every parameter.
     """
     from rmaat.data import get_task
 
@@ -79,6 +117,13 @@ def generate(task: str, out: Path, size: int | None, seed: int, min_length: int 
         options["cfg"] = ListOpsConfig(  # ConfigError on impossible bounds, before any work
             min_length=lra.min_length if min_length is None else min_length,
             max_length=lra.max_length if max_length is None else max_length)
+    memory_options = {"--length": length, "--segment-length": segment_length, "--facts": facts,
+                      "--people": people, "--fact-segments": fact_segments}
+    given = [name for name, value in memory_options.items() if value is not None]
+    if task in MEMORY_TASKS:
+        options["cfg"] = memory_task_config(task, length, segment_length, facts, people, fact_segments)
+    elif given:
+        raise ConfigError(f"{', '.join(given)} apply to {' and '.join(MEMORY_TASKS)} only, not {task}; drop them")
     size = DEFAULT_SIZES[task] if size is None else size
     if size < MIN_SIZES[task]:
         raise ConfigError(f"--size {size} is too small for {task}; give at least {MIN_SIZES[task]}")
@@ -104,16 +149,23 @@ def generate(task: str, out: Path, size: int | None, seed: int, min_length: int 
     counts = ", ".join(f"{split} {n}" for split, n in sizes.items())
     title = spec.title
     cfg = options.get("cfg")
-    if cfg is not None and not cfg.is_lra:
+    if task == "listops" and cfg is not None and not cfg.is_lra:
         title = (f"a short-ListOps demo set ({cfg.min_length} < length < {cfg.max_length} tokens; "
                  f"not LRA ListOps)")
+    if not spec.is_lra:
+        title = f"{spec.title} [stand-in, not an LRA task]"
     click.echo(f"wrote {title} to {out} ({counts}; seed {seed}; {seconds:.1f} s)")
     click.echo(f"next: pipeline data check --task {task} --data-dir {out}")
+    if task in MEMORY_TASKS:
+        cfg = options["cfg"]
+        click.echo(f"then: pipeline train --task {task} --data-dir {out} --seq-len {cfg.length} "
+                   f"--segments {cfg.n_segments}")
 
 
 @data.command()
 @click.option("--task", required=True,
-              help="listops, text, retrieval, image, pathfinder or fashion_mnist.")
+              help="listops, text, retrieval, image, pathfinder; stand-ins fashion_mnist, babi_qa1, "
+                   "babi_qa2, kjv_text, kjv_match.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Directory holding the data (the task folder, its parent or the unpacked "
                    "LRA release); fashion_mnist defaults to the Debian package's folder.")
