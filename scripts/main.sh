@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on CPU, in a few minutes: what the model is for.
-#   simulate astrocyte LTP -> fit the macro model -> retention table (T = 2 and 16)
+#   simulate astrocyte LTP -> fit the macro model -> retention table (T = 1, 2 and 16)
 #   -> generate a short qa1 memory set (bAbI facts in King James Bible text, Debian bible-kjv):
 #      256-byte examples = 2 segments of 128 bytes, both facts in segment 1, the question at the
 #      end of segment 2, so only memory carried across the segment boundary can answer
@@ -25,8 +25,9 @@ export RMAAT_RETENTION_TABLE="$table"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 config=rmaat/configs/demo/babi_qa1_short.yaml
 
-echo "== 1/4 simulate the tripartite synapse, fit the macro model, tabulate RF(t, T) for T = 2, 16"
-.venv/bin/pipeline simulate --segments 2 --segments 16 --out "$table"
+echo "== 1/4 simulate the tripartite synapse, fit the macro model, tabulate RF(t, T) for T = 1, 2, 16"
+# T = 2 for RMAAT, T = 1 for the one-segment control (RF = 1: nothing is passed on), 16 as a reference
+.venv/bin/pipeline simulate --segments 1,2,16 --out "$table"
 
 echo "== 2/4 generate a short qa1 memory set (2 x 128 bytes, facts in segment 1; generation.json records how)"
 .venv/bin/pipeline data generate --task babi_qa1 --out "$out/qa1" --length 256 --segment-length 128 \
