@@ -51,7 +51,8 @@ GENERATION_FILE = "generation.json"
 _FILES = {split: f"{split}.jsonl" for split in ("train", "val", "test")}
 #: A fact may be inserted after a sentence or clause end and its space.
 _BOUNDARY = re.compile(r"[.;:?!] ")
-_PLACEMENT_TRIES = 200
+_PLACEMENT_TRIES = 1000
+_WINDOWS_PER_DRAW = 50
 
 
 @dataclass(frozen=True)
@@ -242,36 +243,42 @@ def _boundaries(hay: str, end: int) -> np.ndarray:
     return np.asarray(sorted(spots), dtype=np.int64)
 
 
-def _place_facts(rng: random.Random, spots: np.ndarray, facts: list[str], cfg: BabiConfig) -> list[int] | None:
-    """Choose insertion positions (non-decreasing, story order) so that every fact lies inside one
-    allowed segment of the final text; None when this haystack offers no such placement."""
-    allowed = set(cfg.allowed_segments)
-    seg = cfg.segment_length
-    for _ in range(_PLACEMENT_TRIES):
-        positions = sorted(int(spots[rng.randrange(len(spots))]) for _ in facts)
-        offsets, shift, ok = [], 0, True
-        for pos, fact in zip(positions, facts):
-            start = pos + shift
-            if start // seg != (start + len(fact) - 1) // seg or start // seg not in allowed:
-                ok = False
-                break
-            offsets.append(start)
-            shift += len(fact) + 1
-        if ok:
-            return positions
-    return None
+def _place_facts(rng: random.Random, spots: np.ndarray, facts: list[str], targets: list[int],
+                 segment_length: int) -> list[int] | None:
+    """Insertion positions (non-decreasing: story order) that put fact i inside segment
+    ``targets[i]`` of the final text, whole; None when this haystack's boundaries allow none."""
+    positions: list[int] = []
+    shift, previous = 0, 0
+    for target, fact in zip(targets, facts):
+        # the fact starts at pos + shift; it must start and end inside the target segment
+        low = target * segment_length - shift
+        high = (target + 1) * segment_length - len(fact) - shift
+        candidates = spots[(spots >= max(previous, low)) & (spots <= high)]
+        if not len(candidates):
+            return None
+        previous = int(candidates[rng.randrange(len(candidates))])
+        positions.append(previous)
+        shift += len(fact) + 1
+    return positions
 
 
 def make_example(rng: random.Random, source: SplitText, window_starts: np.ndarray, cfg: BabiConfig) -> dict[str, Any]:
-    """One example: a story laid into a haystack window of ``source``, exactly ``cfg.length`` bytes."""
-    for _ in range(_PLACEMENT_TRIES):
-        story = STORIES[cfg.task](rng, cfg)
-        fact_bytes = sum(len(f) + 1 for f in story.facts)
-        hay_bytes = cfg.length - fact_bytes - len(story.question)
+    """One example: a story laid into a haystack window of ``source``, exactly ``cfg.length`` bytes.
+
+    Each fact's segment is drawn uniformly from the allowed ones first (depths stay uniform even
+    where short windows have few sentence boundaries); haystack windows are then drawn until one
+    has boundaries that place every fact in its segment (segments drawn again now and then, for
+    draws that crowd more facts into one segment than its boundaries can take)."""
+    story = STORIES[cfg.task](rng, cfg)
+    fact_bytes = sum(len(f) + 1 for f in story.facts)
+    hay_bytes = cfg.length - fact_bytes - len(story.question)
+    for attempt in range(_PLACEMENT_TRIES):
+        if attempt % _WINDOWS_PER_DRAW == 0:  # segments too crowded for these windows: draw again
+            targets = sorted(rng.choice(cfg.allowed_segments) for _ in story.facts)
         verse = int(window_starts[rng.randrange(len(window_starts))])
         begin = int(source.starts[verse])
         hay, end = _haystack(source, begin, hay_bytes)
-        positions = _place_facts(rng, _boundaries(hay, end), story.facts, cfg)
+        positions = _place_facts(rng, _boundaries(hay, end), story.facts, targets, cfg.segment_length)
         if positions is None:
             continue
         pieces, offsets, previous = [], [], 0
@@ -293,8 +300,8 @@ def make_example(rng: random.Random, source: SplitText, window_starts: np.ndarra
             "depth_segment": min(segments), "fact_offsets": offsets,
             "haystack_verses": [first_verse, last_verse],
         }
-    raise ConfigError(f"could not place {cfg.n_facts} facts inside segments {list(cfg.allowed_segments)} "
-                      f"after {_PLACEMENT_TRIES} tries; lengthen the segments or allow more --fact-segments")
+    raise ConfigError(f"could not place {cfg.n_facts} facts in segments of {cfg.segment_length} bytes "
+                      f"in {_PLACEMENT_TRIES} haystack windows; lengthen the segments or give fewer --facts")
 
 
 # ------------------------------------------------------------------------- generation
