@@ -33,6 +33,7 @@ OPTION_KEYS: dict[str, str] = {
     "device": "train.device",
     "seed": "train.seed",
     "eval_every": "train.eval_every",
+    "init_from": "train.init_from",
 }
 
 
@@ -88,13 +89,16 @@ def resolve_config(task: str | None, config_path: str | None, run_dir: str | Non
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Seed of initialisation, dropout and data order.")
 @click.option("--eval-every", type=int, default=None, help="Validate every N steps.")
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Start from another run's checkpoint (curriculum: e.g. the same model at fewer segments); "
+                   "the retention factors stay this run's.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from checkpoints/last.pt.")
 @click.option("--force", is_flag=True, help="Overwrite the artefacts of a previous run in --run-dir.")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
               help="Any other config field, e.g. train.grad_accum=4 or model.n_mem=4 (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segments, seq_len, d_model, layers,
-          data_dir, run_dir, device, seed, eval_every, resume, force, set_items, no_progress) -> None:
+          data_dir, run_dir, device, seed, eval_every, init_from, resume, force, set_items, no_progress) -> None:
     """Train a model on an LRA task; prints test accuracy against the majority-class baseline.
 
     Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/{last,best}.pt,
@@ -109,7 +113,8 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
         raise ConfigError("--resume needs the --run-dir of the run to continue")
     options = dict(preset=preset, backprop=backprop, max_steps=max_steps, batch_size=batch_size, lr=lr,
                    segments=segments, seq_len=seq_len, d_model=d_model, layers=layers, data_dir=data_dir,
-                   device=device, seed=seed, eval_every=eval_every)
+                   device=device, seed=seed, eval_every=eval_every,
+                   init_from=None if init_from is None else str(Path(init_from).resolve()))
     config = resolve_config(task, config_path, run_dir, resume, options, set_items)
 
     from rmaat.train.trainer import Trainer, default_run_dir

@@ -64,10 +64,13 @@ def build_run_model(config: RunConfig, spec: Any, retention_factors: Any = None)
     preset, overrides = model_overrides(config, spec)
     model_cfg = get_preset(preset).replace(**overrides)
     if model_cfg.use_retention and retention_factors is None:
-        from retention import load_retention_factors
+        if config.model.retention_variant == "uniform":  # the ablation RF = 1/T: no table involved
+            retention_factors = np.full(model_cfg.n_segments, 1.0 / model_cfg.n_segments)
+        else:
+            from retention import load_retention_factors
 
-        retention_factors = load_retention_factors(model_cfg.n_segments, path=config.model.retention_table,
-                                                   variant=config.model.retention_variant)
+            retention_factors = load_retention_factors(model_cfg.n_segments, path=config.model.retention_table,
+                                                       variant=config.model.retention_variant)
     if not model_cfg.use_retention:
         retention_factors = None
     model = build_model(model_cfg, retention_factors=retention_factors)

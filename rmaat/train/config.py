@@ -53,6 +53,7 @@ BACKPROP_MODES = ("amrb", "bptt")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 TRUNCATE_SIDES = ("right", "left")
+RETENTION_VARIANTS = ("paper", "streaming", "uniform")
 
 
 @dataclass
@@ -66,7 +67,8 @@ class ModelSection:
     whole input in one attention call, so ``--preset transformer`` works with any task config.
     ``backprop`` None means the preset's own mode (AMRB for rmaat, BPTT for the baselines,
     as in the paper's comparison); ``amrb`` or ``bptt`` forces one.
-    ``retention_variant`` picks RF(t, T) (``paper``) or the T-free ``streaming`` extension;
+    ``retention_variant`` picks RF(t, T) (``paper``), the T-free ``streaming`` extension, or
+    ``uniform`` (RF = 1/T for every segment: an ablation, no table);
     ``retention_table`` a table file (None: the user table if present, else the packaged one).
     ``overrides`` go to ``build_model(preset, retention_factors, **overrides)``; in YAML and
     ``--set`` they are written flat (``model.d_model: 128``), not under an ``overrides`` key.
@@ -131,6 +133,9 @@ class TrainSection:
     split); the final evaluation always uses whole splits.
     ``stop_after`` ends this session after that many optimiser steps, saving a checkpoint
     (e.g. to fit a cluster time limit); ``--resume`` continues to ``max_steps``.
+    ``init_from`` starts from the weights of another run's checkpoint (a curriculum over the
+    segment count, as RMT and BABILong train): every parameter is taken from it, and the
+    retention factors stay this run's RF(., T). Optimiser and schedule start afresh.
     """
 
     max_steps: int = 10000
@@ -144,6 +149,7 @@ class TrainSection:
     device: str = "auto"
     precision: str = "auto"
     stop_after: int | None = None
+    init_from: str | None = None
 
 
 @dataclass
@@ -214,6 +220,9 @@ class RunConfig:
             raise ConfigError(f"data.seq_len ({d.seq_len}) must be a multiple of model.segments "
                               f"({m.segments}) so every segment has the same length")
         _at_least("data.num_workers", d.num_workers, 0)
+        if m.retention_variant not in RETENTION_VARIANTS:
+            raise ConfigError(f"model.retention_variant must be one of {', '.join(RETENTION_VARIANTS)}, "
+                              f"got {m.retention_variant!r}")
         if d.truncate not in TRUNCATE_SIDES:
             raise ConfigError(f"data.truncate must be one of {', '.join(TRUNCATE_SIDES)}, got {d.truncate!r}")
         if not o.lr > 0:

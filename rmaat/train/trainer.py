@@ -122,6 +122,24 @@ def clear_run_dir(run_dir: Path) -> None:
             path.unlink()
 
 
+def init_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load every parameter of ``model`` from the checkpoint at ``path`` (a curriculum stage).
+
+    The retention factors are buffers of the run's own T and are kept. CheckpointError when the
+    checkpoint's model has other parameters or shapes (another width, segment length or preset)."""
+    state = load_checkpoint(path)
+    weights = {k: v for k, v in state["model"].items() if k != "retention_factors"}
+    own = {k: v for k, v in model.state_dict().items() if k != "retention_factors"}
+    mismatched = sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
+    missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
+    if mismatched or missing or extra:
+        what = "; ".join(f"{label} {', '.join(keys[:3])}" for label, keys in
+                         (("other shapes:", mismatched), ("missing:", missing), ("unexpected:", extra)) if keys)
+        raise CheckpointError(f"--init-from {path}: its model does not fit this run's ({what}); the "
+                              "model width, layers, preset and segment length must match")
+    model.load_state_dict(weights, strict=False)
+
+
 # ================================================================================ trainer
 class Trainer:
     """Train one run config into one run directory (see module docstring).
@@ -157,6 +175,8 @@ class Trainer:
             # every rank builds the same initial parameters from the run's seed
             torch.manual_seed(config.train.seed)
             self.model, self.retention_factors = build_run_model(config, self.spec, rf)
+            if config.train.init_from is not None and not resume:
+                init_weights(self.model, Path(config.train.init_from))
         except BaseException:
             shutdown_distributed()
             raise
