@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "pipelines.train_cmd:evaluate",
     "bench": "pipelines.bench_cmd:bench",
     "plot": "pipelines.plot_cmd:plot",
+    "experiment": "pipelines.experiment_cmd:experiment",
 }
 
 

@@ -2,15 +2,11 @@
 (memory tasks ``babi_qa1``/``babi_qa2``, ``kjv_text``, ``kjv_match``); check a data directory.
 
 ``generate`` writes into a temporary directory beside ``--out`` and renames it into place when
-complete, so an interrupted run never leaves a half-written data set under ``--out``.
+complete (rmaat.data.generate), so an interrupted run never leaves a half-written data set.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,20 +42,6 @@ def memory_task_config(task: str, length: int | None, segment_length: int | None
         n_facts=defaults.n_facts if facts is None else facts,
         n_people=defaults.n_people if people is None else people,
         fact_segments=segments)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``, replacing what is there (already confirmed)."""
-    backup = None
-    if out.exists():
-        if any(out.iterdir()):
-            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, backup)
-        else:
-            out.rmdir()
-    os.rename(tmp, out)
-    if backup is not None:
-        shutil.rmtree(backup)
 
 
 @click.group()
@@ -133,18 +115,10 @@ def generate(task: str, out: Path, size: int | None, seed: int, min_length: int 
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out {out} is not empty; pass --force to replace it "
                           "or choose another directory")
-    module_name, function = spec.generator.split(":")
-    generator = getattr(importlib.import_module(module_name), function)
+    from rmaat.data.generate import generate_task
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     start = time.perf_counter()
-    try:
-        sizes = generator(tmp, size=size, seed=seed, progress=True, **options)
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    sizes = generate_task(task, out, size=size, seed=seed, progress=True, **options)
     seconds = time.perf_counter() - start
     counts = ", ".join(f"{split} {n}" for split, n in sizes.items())
     title = spec.title

@@ -1,0 +1,96 @@
+"""``pipeline experiment``: the paper's claims as grids of runs with seeds and confidence intervals.
+
+    pipeline experiment list
+    pipeline experiment run memory --scale cpu --seeds 3 --jobs 2     # resumable; --dry-run plans only
+    pipeline experiment report memory                                 # table + figure from the run dirs
+
+Experiment files: ``rmaat/configs/experiments/NAME.yaml`` (format in rmaat.experiments.spec).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+SCALE = click.option("--scale", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
+                     help="cpu: small, <= 30 min on 2 cores; paper: the paper's sizes (a GPU).")
+ROOT = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                    help="Where experiments live [default: runs/experiments/<scale>].")
+
+
+def _root(root: Path | None, scale: str, name: str) -> Path:
+    from rmaat.experiments.runner import DEFAULT_ROOT
+
+    return (root or DEFAULT_ROOT / scale) / name
+
+
+@click.group()
+def experiment() -> None:
+    """Reproduce the paper's claims: list, run and report experiments."""
+
+
+@experiment.command("list")
+def list_() -> None:
+    """The packaged experiments and their questions."""
+    from rmaat.experiments.spec import available_experiments, load_experiment
+
+    for name in available_experiments():
+        exp = load_experiment(name)
+        click.echo(f"{name:<24} {exp.task:<12} {len(exp.points)} points x {exp.seeds} seeds  "
+                   f"{' '.join(exp.question.split())[:90]}")
+
+
+@experiment.command()
+@click.argument("name")
+@SCALE
+@click.option("--seeds", type=int, default=None, help="Seeds per grid point [default: the file's].")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Runs in parallel, one process and one torch thread each.")
+@click.option("--dry-run", is_flag=True, help="Print the grid, sizes and estimated wall time; run nothing.")
+@ROOT
+def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, root: Path | None) -> None:
+    """Run experiment NAME (finished runs are skipped, interrupted ones resume), then report it."""
+    from rmaat.errors import ConfigError
+    from rmaat.experiments.runner import estimate_seconds, run_experiment
+    from rmaat.experiments.report import write_report
+    from rmaat.experiments.spec import load_experiment
+
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    exp = load_experiment(name, scale, seeds)
+    folder = _root(root, scale, exp.name)
+    if dry_run:
+        click.echo(f"{exp.name} ({scale}): {exp.question.strip()}")
+        click.echo(f"task {exp.task}, base config {exp.base_config}, metric {exp.metric}, "
+                   f"{len(exp.points)} grid points x {exp.seeds} seeds = {exp.n_runs} runs -> {folder}")
+        for point in exp.points:
+            for i, stage in enumerate(point.stages):
+                label = point.name if len(point.stages) == 1 else f"{point.name} stage {i}"
+                click.echo(f"  {label:<24} data {stage.data}  set {stage.overrides}")
+        minutes = estimate_seconds(exp, jobs) / 60
+        click.echo(f"estimated wall time with --jobs {jobs}: {minutes:.0f} min (at {exp.tokens_per_s:.3g} "
+                   "tokens/s per process, the experiment file's figure)")
+        return
+    run_experiment(exp, folder, jobs=jobs, log=click.echo)
+    command = f"pipeline experiment run {exp.name} --scale {scale} --seeds {exp.seeds} --jobs {jobs}"
+    paths = write_report(exp, folder, command)
+    click.echo(paths["md"].read_text())
+    click.echo(f"wrote {paths['csv']}, {paths['md']}, {paths['figure']}")
+
+
+@experiment.command()
+@click.argument("name")
+@SCALE
+@click.option("--seeds", type=int, default=None, help="Seeds per grid point [default: the file's].")
+@ROOT
+def report(name: str, scale: str, seeds: int | None, root: Path | None) -> None:
+    """Rebuild results.csv, results.md and the figure of NAME from its run directories."""
+    from rmaat.experiments.report import write_report
+    from rmaat.experiments.spec import load_experiment
+
+    exp = load_experiment(name, scale, seeds)
+    command = f"pipeline experiment run {exp.name} --scale {scale} --seeds {exp.seeds}"
+    paths = write_report(exp, _root(root, scale, exp.name), command)
+    click.echo(paths["md"].read_text())
+    click.echo(f"wrote {paths['csv']}, {paths['md']}, {paths['figure']}")

@@ -1,0 +1,149 @@
+"""An experiment's results from its run directories alone: ``results.csv`` (one row per run),
+``results.md`` (mean ± std, n, 95% CI and the paper's number per grid point; accuracy by fact
+depth for the memory tasks) and a figure."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rmaat.experiments.spec import Experiment
+from rmaat.experiments.stats import Summary, summarise
+
+CSV_FIELDS = ("experiment", "scale", "point", "seed", "metric", "value", "test_accuracy", "val_accuracy",
+              "majority_baseline", "steps", "wall_time_s", "run_dir", "by_depth")
+
+
+def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
+    """One row per finished run (a summary.json in the point's last stage), in grid order."""
+    rows = []
+    for point in exp.points:
+        for seed in range(exp.seeds):
+            run_dir = root / point.name / f"seed{seed}"
+            if len(point.stages) > 1:
+                run_dir = run_dir / f"stage{len(point.stages) - 1}"
+            path = run_dir / "summary.json"
+            if not path.is_file():
+                continue
+            s = json.loads(path.read_text())
+            rows.append({
+                "experiment": exp.name, "scale": exp.scale, "point": point.name, "seed": seed,
+                "metric": exp.metric, "value": s.get(exp.metric), "test_accuracy": s.get("test_accuracy"),
+                "val_accuracy": s.get("val_accuracy"), "majority_baseline": s.get("majority_baseline"),
+                "steps": s.get("steps"), "wall_time_s": round(float(s.get("wall_time_s", 0.0)), 1),
+                "run_dir": str(run_dir), "by_depth": json.dumps(s.get("test_accuracy_by_depth") or {}),
+            })
+    return rows
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def point_summaries(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, Summary]:
+    """Summary of the metric per grid point that has finished runs."""
+    out = {}
+    for point in exp.points:
+        values = [r["value"] for r in rows if r["point"] == point.name and r["value"] is not None]
+        if values:
+            out[point.name] = summarise(values)
+    return out
+
+
+def depth_table(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Mean test accuracy per grid point and depth segment (memory tasks), over seeds."""
+    table: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        for depth, cell in json.loads(row["by_depth"]).items():
+            table.setdefault(row["point"], {}).setdefault(int(depth), []).append(cell["accuracy"])
+    return {p: {d: sum(v) / len(v) for d, v in sorted(cells.items())} for p, cells in table.items()}
+
+
+def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
+    """The results table (and the by-depth table) as markdown."""
+    summaries = point_summaries(exp, rows)
+    majority = [r["majority_baseline"] for r in rows if r["majority_baseline"] is not None]
+    lines = [f"### `{exp.name}` ({exp.scale} scale, task {exp.task})", "", exp.question.strip(), "",
+             f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`"
+             + (f"; majority-class baseline {sum(majority) / len(majority):.3f}" if majority else "") + ".", "",
+             "| grid point | mean ± std | n | 95% CI | paper |", "|---|---|---|---|---|"]
+    for point in exp.points:
+        s = summaries.get(point.name)
+        paper = exp.paper.get(point.name)
+        paper_text = "–" if paper is None else f"{paper}"
+        if s is None:
+            lines.append(f"| {point.name} | not run | 0 | – | {paper_text} |")
+            continue
+        lines.append(f"| {point.name} | {_fmt(s.mean)} ± {_fmt(s.std)} | {s.n} | "
+                     f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] | {paper_text} |")
+    depths = depth_table(exp, rows)
+    if depths:
+        segments = sorted({d for cells in depths.values() for d in cells})
+        lines += ["", "Test accuracy by the segment that holds the supporting fact (mean over seeds):", "",
+                  "| grid point | " + " | ".join(f"segment {d}" for d in segments) + " |",
+                  "|---" * (len(segments) + 1) + "|"]
+        for point, cells in depths.items():
+            lines.append(f"| {point} | " + " | ".join(_fmt(cells.get(d)) for d in segments) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
+    """Bars of the metric per point with 95% CIs (and accuracy vs fact depth when recorded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = point_summaries(exp, rows)
+    depths = depth_table(exp, rows)
+    fig, axes = plt.subplots(1, 2 if depths else 1, figsize=(11 if depths else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    names = list(summaries)
+    means = [summaries[n].mean for n in names]
+    errors = [[0 if math.isnan(summaries[n].ci_low) else summaries[n].mean - summaries[n].ci_low for n in names],
+              [0 if math.isnan(summaries[n].ci_high) else summaries[n].ci_high - summaries[n].mean for n in names]]
+    ax.bar(names, means, yerr=errors, capsize=4, color="#4C72B0")
+    for i, n in enumerate(names):
+        values = [r["value"] for r in rows if r["point"] == n]
+        ax.plot([i] * len(values), values, "k.", alpha=0.6)
+    ax.set_ylabel(exp.metric)
+    ax.set_title(f"{exp.name} ({exp.scale}): mean, 95% CI, runs")
+    ax.tick_params(axis="x", rotation=30)
+    if depths:
+        ax2 = axes[0, 1]
+        for point, cells in depths.items():
+            ax2.plot(list(cells), list(cells.values()), "o-", label=point)
+        ax2.set_xlabel("segment holding the supporting fact (0 = first)")
+        ax2.set_ylabel("test accuracy")
+        ax2.set_title("accuracy by fact depth")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(exp: Experiment, root: Path, command: str) -> dict[str, Path]:
+    """Write results.csv, results.md and the figure under ``root``; return their paths."""
+    from rmaat.train.metrics import atomic_write_text
+
+    rows = collect_rows(exp, root)
+    if not rows:
+        from rmaat.errors import RMAATUserError
+
+        raise RMAATUserError(f"no finished runs under {root}; run it first: pipeline experiment run {exp.name}")
+    root.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path, fig_path = root / "results.csv", root / "results.md", root / f"{exp.name}.png"
+    tmp = csv_path.with_name(".results.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+    atomic_write_text(md_path, markdown(exp, rows, command))
+    figure(exp, rows, fig_path)
+    return {"csv": csv_path, "md": md_path, "figure": fig_path}

@@ -1,0 +1,202 @@
+"""`pipeline experiment`: experiment files and grid expansion, statistics, a tiny experiment end to
+end (parallel jobs, curriculum stages, skip when finished, resume when interrupted, report from the
+run directories alone), `--init-from`, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from test_data_babi import kjv  # noqa: F401  (the corpus fixture)
+
+TINY_EXPERIMENT = """
+name: tiny
+question: Does the harness run a grid?
+task: babi_qa1
+metric: test_accuracy
+seeds: 2
+paper: {rmaat: 0.5}
+scales:
+  cpu:
+    data: {length: 128, segment_length: 64, n_facts: 1, size: 60, seed: 0}
+    config: demo/babi_qa1_short
+    set: {data.seq_len: 128, model.segments: 2, model.backprop: null, model.d_model: 16, model.n_heads: 2,
+          model.d_ff: 32, model.n_layers: 1, train.max_steps: 3, train.batch_size: 4, train.eval_every: 3,
+          train.save_every: 1, model.retention_table: null}
+grid:
+  rmaat: {}
+  control: {data.seq_len: "{segment_length}", model.segments: 1, data.truncate: left}
+  curriculum:
+    stages:
+      - {data: {length: 64}, set: {data.seq_len: 64, model.segments: 1}}
+      - {}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_EXPERIMENT)
+    return path
+
+
+def test_grid_expansion_placeholders_and_stages(tiny):
+    from rmaat.experiments.spec import load_experiment
+
+    exp = load_experiment(str(tiny))
+    assert [p.name for p in exp.points] == ["rmaat", "control", "curriculum"] and exp.n_runs == 6
+    control = exp.points[1].stages[0]
+    assert control.overrides["data.seq_len"] == 64 and control.overrides["model.d_model"] == 16
+    first, second = exp.points[2].stages
+    assert first.data["length"] == 64 and first.data["segment_length"] == 64 and second.data["length"] == 128
+    assert first.overrides["model.segments"] == 1 and second.overrides["model.segments"] == 2
+    assert load_experiment(str(tiny), seeds=5).n_runs == 15
+
+
+def test_statistics_match_hand_computed_t_intervals():
+    from rmaat.experiments.stats import summarise
+
+    s = summarise([0.5, 0.6, 0.7])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n)
+    assert (s.mean, s.n) == (pytest.approx(0.6), 3) and s.std == pytest.approx(0.1)
+    assert (s.ci_low, s.ci_high) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    one = summarise([0.3])
+    assert one.mean == 0.3 and math.isnan(one.std) and math.isnan(one.ci_low)
+    assert summarise([0.2, 0.2]).ci_low == 0.2
+    assert not summarise([0.1, 0.2, 0.15]).overlaps(summarise([0.8, 0.9, 0.85]))
+
+
+@pytest.mark.slow
+def test_tiny_experiment_end_to_end_with_skip_resume_and_report(kjv, tiny, tmp_path):  # noqa: F811
+    root = tmp_path / "exp"
+    args = ["experiment", "run", str(tiny), "--jobs", "2", "--root", str(root)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    folder = root / "tiny"
+    rows = list(csv.DictReader(open(folder / "results.csv")))
+    assert [(r["point"], r["seed"]) for r in rows] == [(p, s) for p in ("rmaat", "control", "curriculum")
+                                                       for s in ("0", "1")]
+    assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
+    md = (folder / "results.md").read_text()
+    assert "| rmaat |" in md and "| 0.5 |" in md and "95% CI" in md and "segment 0" in md
+    assert (folder / "tiny.png").stat().st_size > 1000
+
+    # the curriculum's second stage started from the first stage's best weights
+    config = json.loads(json.dumps(__import__("yaml").safe_load(
+        (folder / "curriculum/seed0/stage1/config.yaml").read_text())))
+    assert config["train"]["init_from"] == str((folder / "curriculum/seed0/stage0/checkpoints/best.pt").resolve())
+
+    # a finished experiment is skipped; an interrupted run (checkpoint, no summary) resumes
+    (folder / "control/seed1/summary.json").unlink()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "5 already done, 1 to run" in again.output
+    assert (folder / "control/seed1/summary.json").is_file()
+    assert "resume from checkpoints/last.pt" in (folder / "control/seed1.log").read_text()
+    assert json.loads((folder / "control/seed1/summary.json").read_text())["steps"] == 3
+
+    # report rebuilds everything from the run directories alone
+    before = (folder / "results.csv").read_text()
+    for name in ("results.csv", "results.md", "tiny.png"):
+        (folder / name).unlink()
+    report = CliRunner().invoke(cli, ["experiment", "report", str(tiny), "--root", str(root)])
+    assert report.exit_code == 0, report.output
+    assert (folder / "results.csv").read_text() == before and (folder / "tiny.png").is_file()
+
+
+def test_init_from_loads_every_weight_and_refuses_another_model(kjv, tiny, tmp_path):  # noqa: F811
+    from rmaat.errors import CheckpointError
+    from rmaat.train.checkpoint import load_checkpoint
+    from rmaat.train.trainer import init_weights
+
+    data = tmp_path / "d"
+    assert CliRunner().invoke(cli, ["data", "generate", "--task", "babi_qa1", "--out", str(data), "--length", "128",
+                                    "--segment-length", "64", "--facts", "1", "--size", "60"]).exit_code == 0
+    small = ["--config", "rmaat/configs/demo/babi_qa1_short.yaml", "--data-dir", str(data), "--seq-len", "64",
+             "--segments", "1", "--set", "data.truncate=left", "--max-steps", "2", "--batch-size", "4",
+             "--d-model", "16", "--set", "model.n_heads=2", "--set", "model.d_ff=32", "--no-progress"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert CliRunner().invoke(cli, ["train", "--run-dir", str(tmp_path / "a"), *small]).exit_code == 0
+        from rmaat.model import build_model
+
+        model = build_model("rmaat", vocab_size=257, n_classes=6, seq_len=128, n_segments=2, d_model=16,
+                            n_heads=2, d_ff=32)
+        init_weights(model, tmp_path / "a/checkpoints/best.pt")
+        saved = load_checkpoint(tmp_path / "a/checkpoints/best.pt")["model"]
+        for name, value in model.state_dict().items():
+            if name != "retention_factors":
+                assert torch.equal(value, saved[name]), name
+        assert model.retention_factors.shape == (2,)  # this run's RF(., 2), not the checkpoint's RF(., 1)
+        wider = build_model("rmaat", vocab_size=257, n_classes=6, seq_len=128, n_segments=2, d_model=32,
+                            n_heads=2, d_ff=32)
+        with pytest.raises(CheckpointError, match="does not fit this run's"):
+            init_weights(wider, tmp_path / "a/checkpoints/best.pt")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\n", "missing key(s) question"),
+    ("{not yaml", "not valid YAML"),
+    (TINY_EXPERIMENT.replace('"{segment_length}"', '"{depth}"'), "{depth} names no data option"),
+    (TINY_EXPERIMENT.replace("  cpu:\n", "  gpu:\n"), "no 'cpu' scale"),
+    (TINY_EXPERIMENT.replace("seeds: 2", "seeds: 0"), "seeds must be a positive integer"),
+    (TINY_EXPERIMENT + "extra: 1\n", "unknown key(s) ['extra']"),
+])
+def test_malformed_experiment_files_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["experiment", "run", str(path), "--dry-run"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_experiment_lists_the_valid_ones_and_dry_run_plans(tmp_path):
+    result = CliRunner().invoke(cli, ["experiment", "run", "nonsense"])
+    assert result.exit_code == 1 and "unknown experiment 'nonsense'; valid experiments: " in result.output
+    assert "memory" in result.output
+    plan = CliRunner().invoke(cli, ["experiment", "run", "memory", "--dry-run", "--jobs", "2", "--root", str(tmp_path)])
+    assert plan.exit_code == 0, plan.output
+    assert "5 grid points x 3 seeds = 15 runs" in plan.output and "estimated wall time with --jobs 2" in plan.output
+    assert list(tmp_path.iterdir()) == []  # nothing generated or run
+
+
+@pytest.mark.parametrize("name", ["memory", "retention", "segments", "decay_scale"])
+def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes_a_step(name, tmp_path, monkeypatch):
+    """Each grid point's run config validates at both scales; at the paper's sizes each builds its
+    model and takes one AMRB/BPTT training step on random tokens of the run's shape (no data)."""
+    from rmaat.amrb import train_step
+    from rmaat.data import get_task
+    from rmaat.experiments.runner import run_configs
+    from rmaat.experiments.spec import load_experiment
+    from rmaat.train.batching import build_run_model
+    from rmaat.train.config import RunConfig
+
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    assert run_configs(load_experiment(name, "cpu", seeds=1), tmp_path, prepare=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job in run_configs(load_experiment(name, "paper", seeds=1), tmp_path, prepare=False):
+            config = RunConfig.from_dict(job.configs[-1])
+            spec = get_task(config.task)
+            model, _ = build_run_model(config, spec)
+            length = config.data.seq_len
+            batch = {"input_ids": torch.randint(1, spec.vocab_size, (2, length)),
+                     "attention_mask": torch.ones(2, length, dtype=torch.bool),
+                     "label": torch.tensor([0, 1])}
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+            loss = train_step(model, batch, opt, backprop=model.cfg.backprop)
+            assert math.isfinite(float(loss if not isinstance(loss, dict) else loss["loss"])), job.point
+    finally:
+        torch.set_num_threads(threads)
+    assert list(tmp_path.iterdir()) == []
