@@ -170,7 +170,7 @@ def test_unknown_experiment_lists_the_valid_ones_and_dry_run_plans(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing generated or run
 
 
-@pytest.mark.parametrize("name", ["memory", "retention", "segments", "decay_scale"])
+@pytest.mark.parametrize("name", ["memory", "retention", "segments", "decay_scale", "lra_shapes"])
 def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes_a_step(name, tmp_path, monkeypatch):
     """Each grid point's run config validates at both scales; at the paper's sizes each builds its
     model and takes one AMRB/BPTT training step on random tokens of the run's shape (no data)."""
@@ -194,9 +194,22 @@ def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes
             batch = {"input_ids": torch.randint(1, spec.vocab_size, (2, length)),
                      "attention_mask": torch.ones(2, length, dtype=torch.bool),
                      "label": torch.tensor([0, 1])}
+            if spec.dual:
+                batch["input_ids_2"], batch["attention_mask_2"] = batch["input_ids"].flip(0), batch["attention_mask"]
             opt = torch.optim.SGD(model.parameters(), lr=1e-3)
             loss = train_step(model, batch, opt, backprop=model.cfg.backprop)
             assert math.isfinite(float(loss if not isinstance(loss, dict) else loss["loss"])), job.point
     finally:
         torch.set_num_threads(threads)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_points_with_a_body_per_scale_and_their_own_task():
+    from rmaat.experiments.runner import stage_task
+    from rmaat.experiments.spec import load_experiment
+
+    cpu, paper = load_experiment("lra_shapes", "cpu"), load_experiment("lra_shapes", "paper")
+    (cpu_stage,), (paper_stage,) = cpu.points[3].stages, paper.points[3].stages  # kjv_text_rmaat
+    assert cpu.points[3].name == "kjv_text_rmaat"
+    assert stage_task(cpu, cpu_stage) == stage_task(paper, paper_stage) == "kjv_text" != cpu.task
+    assert (cpu_stage.overrides["data.seq_len"], paper_stage.overrides["data.seq_len"]) == (512, 4096)

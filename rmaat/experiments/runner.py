@@ -87,20 +87,26 @@ def prepare_data(exp: Experiment, root: Path, stage: Stage, log: Callable[[str],
     from rmaat.data import get_task
     from rmaat.data.generate import generate_task
 
+    task = stage_task(exp, stage)
     if not stage.data:
         return None
-    out = root / "data" / data_key(exp.task, stage.data)
+    out = root / "data" / data_key(task, stage.data)
     if (out / "done.json").is_file():
         return str(out.resolve())
-    spec = get_task(exp.task)
-    options = generator_options(exp.task, stage.data)
+    spec = get_task(task)
+    options = generator_options(task, stage.data)
     start = time.perf_counter()
     sizes = generate_task(spec.name, out, size=int(stage.data.get("size", 20_000)),
                           seed=int(stage.data.get("seed", 0)), progress=False, **options)
-    (out / "done.json").write_text(json.dumps({"task": exp.task, "data": stage.data, "sizes": sizes}) + "\n")
-    log(f"generated {exp.task} data {out.name} ({', '.join(f'{k} {v}' for k, v in sizes.items())}; "
+    (out / "done.json").write_text(json.dumps({"task": task, "data": stage.data, "sizes": sizes}) + "\n")
+    log(f"generated {task} data {out.name} ({', '.join(f'{k} {v}' for k, v in sizes.items())}; "
         f"{time.perf_counter() - start:.1f} s)")
     return str(out.resolve())
+
+
+def stage_task(exp: Experiment, stage: Stage) -> str:
+    """The task a stage trains on: the experiment's, unless the stage sets ``task``."""
+    return str(stage.overrides.get("task", exp.task))
 
 
 def run_configs(exp: Experiment, root: Path, log: Callable[[str], None] = print, prepare: bool = True) -> list[Job]:
@@ -224,7 +230,7 @@ def estimate_seconds(exp: Experiment, jobs: int) -> float:
     for point in exp.points:
         for stage in point.stages:
             cfg = apply_overrides(base, {"task": exp.task, **stage.overrides})
-            docs = 2 if exp.task in ("retrieval", "kjv_match") else 1
+            docs = 2 if cfg.task in ("retrieval", "kjv_match") else 1
             size = int(stage.data.get("size", 20_000))
             train_tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.data.seq_len * docs
             eval_tokens = 0.2 * size * cfg.data.seq_len * docs / 3  # val + test, forward only (~1/3 of a step)

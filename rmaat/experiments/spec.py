@@ -23,7 +23,9 @@ An experiment answers one question with a grid of training runs on one task::
 String values may name the scale's data options in braces (``"{segment_length}"``). A grid point
 may instead be ``{stages: [{data: {...}, set: {...}}, ...]}``: a curriculum whose stage i starts
 from stage i-1's best checkpoint (``train.init_from``) on its own data (the scale's ``data``
-updated by the stage's); the last stage's summary is the run's result.
+updated by the stage's); the last stage's summary is the run's result. A stage (or point) may
+set ``task`` to train on another task than the experiment's (``lra_shapes`` spans five), and a
+point whose keys are scale names (``{cpu: {...}, paper: {...}}``) has a body per scale.
 """
 
 from __future__ import annotations
@@ -161,6 +163,10 @@ def load_experiment(name: str, scale: str = "cpu", seeds: int | None = None) -> 
     for point, body in _mapping(raw["grid"], f"{path}: grid").items():
         where = f"{path}: grid.{point}"
         body = _mapping(body, where)
+        if body and set(body) <= set(SCALES):  # a body per scale
+            if scale not in body:
+                raise ConfigError(f"{where}: no '{scale}' body (has: {', '.join(body)})")
+            body, where = _mapping(body[scale], f"{where}.{scale}"), f"{where}.{scale}"
         if "stages" in body:
             if set(body) != {"stages"} or not isinstance(body["stages"], list) or not body["stages"]:
                 raise ConfigError(f"{where}: 'stages' must be a non-empty list and the point's only key")
