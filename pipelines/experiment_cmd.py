@@ -72,7 +72,11 @@ def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, root
         click.echo(f"estimated wall time with --jobs {jobs}: {minutes:.0f} min (at {exp.tokens_per_s:.3g} "
                    "tokens/s per process, the experiment file's figure)")
         return
+    import time
+
+    start = time.perf_counter()
     run_experiment(exp, folder, jobs=jobs, log=click.echo)
+    click.echo(f"this invocation took {(time.perf_counter() - start) / 60:.1f} min")
     command = f"pipeline experiment run {exp.name} --scale {scale} --seeds {exp.seeds} --jobs {jobs}"
     paths = write_report(exp, folder, command)
     click.echo(paths["md"].read_text())

@@ -109,6 +109,11 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
     for i, n in enumerate(names):
         values = [r["value"] for r in rows if r["point"] == n]
         ax.plot([i] * len(values), values, "k.", alpha=0.6)
+    majority = [r["majority_baseline"] for r in rows if r["majority_baseline"] is not None]
+    baseline = sum(majority) / len(majority) if majority else None
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", color="gray", lw=1, label="majority class")
+        ax.legend(fontsize=8)
     ax.set_ylabel(exp.metric)
     ax.set_title(f"{exp.name} ({exp.scale}): mean, 95% CI, runs")
     ax.tick_params(axis="x", rotation=30)
@@ -116,6 +121,9 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
         ax2 = axes[0, 1]
         for point, cells in depths.items():
             ax2.plot(list(cells), list(cells.values()), "o-", label=point)
+        if baseline is not None:
+            ax2.axhline(baseline, ls="--", color="gray", lw=1, label="majority class")
+        ax2.set_xticks(sorted({d for cells in depths.values() for d in cells}))
         ax2.set_xlabel("segment holding the supporting fact (0 = first)")
         ax2.set_ylabel("test accuracy")
         ax2.set_title("accuracy by fact depth")
