@@ -7,6 +7,7 @@ complete (rmaat.data.generate), so an interrupted run never leaves a half-writte
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def generate(task: str, out: Path, size: int | None, seed: int, min_length: int 
     from rmaat.data.generate import generate_task
 
     start = time.perf_counter()
-    sizes = generate_task(task, out, size=size, seed=seed, progress=True, **options)
+    sizes = generate_task(task, out, size=size, seed=seed, progress=sys.stderr.isatty(), **options)
     seconds = time.perf_counter() - start
     counts = ", ".join(f"{split} {n}" for split, n in sizes.items())
     title = spec.title

@@ -31,7 +31,7 @@ echo "== 1/4 simulate the tripartite synapse, fit the macro model, tabulate RF(t
 
 echo "== 2/4 generate a short qa1 memory set (2 x 128 bytes, facts in segment 1; generation.json records how)"
 .venv/bin/pipeline data generate --task babi_qa1 --out "$out/qa1" --length 256 --segment-length 128 \
-    --facts 2 --fact-segments 0 --size 12000 --seed 0 2>/dev/null
+    --facts 2 --fact-segments 0 --size 12000 --seed 0
 
 echo "== 3/4 train RMAAT on both segments ($config, RF(t, 2) from $table) and, beside it,"
 echo "       the no-memory control on the last segment only (log: $out/control.log)"
