@@ -29,20 +29,15 @@ def memory_task_config(task: str, length: int | None, segment_length: int | None
     from pipelines.options import parse_int_list
     from rmaat.data.babi import BabiConfig
 
-    defaults = BabiConfig()
+    given = {"length": length, "segment_length": segment_length, "n_facts": facts, "n_people": people}
     segments = None
     if fact_segments is not None:
         def non_negative(value: int) -> None:
             if value < 0:
                 raise ConfigError(f"--fact-segments values are 0-based segment indices, got {value}")
         segments = tuple(parse_int_list(fact_segments, "--fact-segments", check=non_negative))
-    return BabiConfig(
-        task=task.removeprefix("babi_"),
-        length=defaults.length if length is None else length,
-        segment_length=defaults.segment_length if segment_length is None else segment_length,
-        n_facts=defaults.n_facts if facts is None else facts,
-        n_people=defaults.n_people if people is None else people,
-        fact_segments=segments)
+    return BabiConfig(task=task.removeprefix("babi_"), fact_segments=segments,
+                      **{k: v for k, v in given.items() if v is not None})
 
 
 @click.group()

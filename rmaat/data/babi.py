@@ -28,7 +28,6 @@ their haystacks from disjoint verses.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from rmaat.data.corpus import Corpus, SplitText, load_kjv, split_verses
+from rmaat.data.generate import write_generation_record
 from rmaat.data.tasks import BABI_PLACES, TaskSpec, check_split
 from rmaat.errors import ConfigError, DataError
 
@@ -348,9 +348,7 @@ def generate_babi(out_dir: str | Path, size: int = 20_000, seed: int = 0, progre
                 for _ in range(n):
                     f.write(json.dumps(make_example(rng, source, starts, cfg)) + "\n")
                     bar.update(1)
-    tmp = root / f".{GENERATION_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(generation_record(cfg, seed, sizes), indent=2) + "\n")
-    os.replace(tmp, root / GENERATION_FILE)
+    write_generation_record(root, generation_record(cfg, seed, sizes), GENERATION_FILE)
     return sizes
 
 

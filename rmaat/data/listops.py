@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from rmaat.data.generate import write_generation_record
 from rmaat.data.tasks import TaskSpec, check_split
 from rmaat.errors import ConfigError, DataError
 
@@ -276,9 +276,7 @@ def generate_listops(out_dir: str | Path, size: int = 100_000, seed: int = 0,
         start += n
     if not cfg.is_lra:  # LRA-rule sets keep exactly LRA's layout (three TSVs)
         record = generation_record(cfg, seed, sizes)
-        tmp = root / f".{GENERATION_FILE}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, root / GENERATION_FILE)
+        write_generation_record(root, record, GENERATION_FILE)
     return sizes
 
 
