@@ -67,7 +67,12 @@ def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, root
         for point in exp.points:
             for i, stage in enumerate(point.stages):
                 label = point.name if len(point.stages) == 1 else f"{point.name} stage {i}"
-                click.echo(f"  {label:<24} data {stage.data}  set {stage.overrides}")
+                label += f" ({stage.name})" if stage.name else ""
+                if stage.trains:
+                    click.echo(f"  {label:<28} data {stage.data}  set {stage.overrides}")
+                else:
+                    click.echo(f"  {label:<28} data {stage.data}  evaluate the last trained stage's best.pt "
+                               f"at {stage.evaluate_segments} segments")
         minutes = estimate_seconds(exp, jobs) / 60
         click.echo(f"estimated wall time with --jobs {jobs}: {minutes:.0f} min (at {exp.tokens_per_s:.3g} "
                    "tokens/s per process, the experiment file's figure)")

@@ -136,8 +136,11 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
 @click.option("--batch-size", type=int, default=None, help="Evaluation batch size (default: the run's).")
 @click.option("--by", type=click.Choice(["depth"]), default=None,
               help="Also report accuracy per segment of the supporting fact (memory tasks).")
+@click.option("--segments", type=int, default=None,
+              help="Evaluate at T segments of the trained segment length (length generalisation; "
+                   "retention factors of the new T). Needs data of that length (--data-dir).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint, split, data_dir, device, batch_size, by, as_json) -> None:
+def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, as_json) -> None:
     """Report a checkpoint's accuracy on a split, next to the majority-class baseline."""
     from rmaat.errors import ConfigError
 
@@ -146,12 +149,13 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, by, as_json) -> No
     from rmaat.train.trainer import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size,
-                                 by=by)
+                                 by=by, segments=segments)
     if as_json:
         click.echo(json.dumps(result))
         return
     stand_in = "" if result["is_lra"] else " [stand-in task, not an LRA result]"
     click.echo(f"{result['task_title']}{stand_in}, {result['preset']} at step {result['step']}, "
+               f"{result['segments']} segment(s) of {result['seq_len'] // result['segments']} tokens, "
                f"{split} split (n={result['n']}): accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}; "
                f"majority-class baseline {result['majority_baseline']:.4f}")
     if by == "depth":

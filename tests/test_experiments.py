@@ -170,7 +170,8 @@ def test_unknown_experiment_lists_the_valid_ones_and_dry_run_plans(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing generated or run
 
 
-@pytest.mark.parametrize("name", ["memory", "retention", "segments", "decay_scale", "lra_shapes"])
+@pytest.mark.parametrize("name", ["memory", "retention", "segments", "decay_scale", "length_generalisation",
+                                  "lra_shapes"])
 def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes_a_step(name, tmp_path, monkeypatch):
     """Each grid point's run config validates at both scales; at the paper's sizes each builds its
     model and takes one AMRB/BPTT training step on random tokens of the run's shape (no data)."""
@@ -187,7 +188,7 @@ def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes
     torch.set_num_threads(1)
     try:
         for job in run_configs(load_experiment(name, "paper", seeds=1), tmp_path, prepare=False):
-            config = RunConfig.from_dict(job.configs[-1])
+            config = RunConfig.from_dict([c for c in job.configs if "evaluate" not in c][-1])
             spec = get_task(config.task)
             model, _ = build_run_model(config, spec)
             length = config.data.seq_len
@@ -212,4 +213,70 @@ def test_points_with_a_body_per_scale_and_their_own_task():
     (cpu_stage,), (paper_stage,) = cpu.points[3].stages, paper.points[3].stages  # kjv_text_rmaat
     assert cpu.points[3].name == "kjv_text_rmaat"
     assert stage_task(cpu, cpu_stage) == stage_task(paper, paper_stage) == "kjv_text" != cpu.task
-    assert (cpu_stage.overrides["data.seq_len"], paper_stage.overrides["data.seq_len"]) == (512, 4096)
+    assert (cpu_stage.overrides["data.seq_len"], paper_stage.overrides["data.seq_len"]) == (256, 4096)
+
+
+STAGED_EXPERIMENT = TINY_EXPERIMENT.split("grid:")[0].replace("seeds: 2", "seeds: 1") + """grid:
+  lengths:
+    stages:
+      - {name: T1, data: {length: 64}, set: {data.seq_len: 64, model.segments: 1}}
+      - {name: T2, set: {model.retention_variant: streaming}}
+      - {name: T4, data: {length: 256}, evaluate: {segments: 4}}
+"""
+
+
+@pytest.mark.slow
+def test_named_stages_are_rows_and_an_evaluate_stage_equals_pipeline_evaluate(kjv, tmp_path, monkeypatch):  # noqa: F811
+    """A curriculum with named stages reports one row per stage; an evaluate stage scores the last
+    trained stage's best checkpoint at another segment count exactly as `pipeline evaluate
+    --segments` does, with the retention factors of the new T (streaming r_t here)."""
+    from retention import load_retention_factors
+
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    path = tmp_path / "staged.yaml"
+    path.write_text(STAGED_EXPERIMENT)
+    root = tmp_path / "exp"
+    result = CliRunner().invoke(cli, ["experiment", "run", str(path), "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    folder = root / "tiny"
+    rows = list(csv.DictReader(open(folder / "results.csv")))
+    assert [r["point"] for r in rows] == ["lengths/T1", "lengths/T2", "lengths/T4"]
+    evaluated = json.loads((folder / "lengths/seed0/stage2/summary.json").read_text())
+    checkpoint = folder / "lengths/seed0/stage1/checkpoints/best.pt"
+    assert evaluated["evaluate"]["checkpoint"] == str(checkpoint.resolve()) and evaluated["segments"] == 4
+    assert not (folder / "lengths/seed0/stage2/checkpoints").exists()  # nothing trained
+    assert set(evaluated["test_accuracy_by_depth"]) <= {"0", "1", "2", "3"}
+
+    cli_result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint), "--segments", "4",
+                                          "--data-dir", evaluated["evaluate"]["data_dir"], "--device", "cpu",
+                                          "--json"])
+    assert cli_result.exit_code == 0, cli_result.output
+    direct = json.loads(cli_result.output)
+    assert direct["accuracy"] == evaluated["test_accuracy"] and direct["seq_len"] == 256
+    assert direct["retention_factors"] == pytest.approx(list(load_retention_factors(4, variant="streaming")))
+    assert rows[2]["value"] == str(evaluated["test_accuracy"])
+
+    # evaluation at T_eval = T gives the training summary's own test accuracy
+    trained = json.loads((folder / "lengths/seed0/stage1/summary.json").read_text())
+    same = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(checkpoint), "--segments", "2", "--json",
+                                    "--device", "cpu"])
+    assert json.loads(same.output)["accuracy"] == trained["test_accuracy"]
+
+    # already done: a second run skips the evaluate stage too
+    again = CliRunner().invoke(cli, ["experiment", "run", str(path), "--root", str(root)])
+    assert again.exit_code == 0 and "1 already done, 0 to run" in again.output, again.output
+
+
+@pytest.mark.parametrize("stage, message", [
+    ("{name: T4, evaluate: {segments: 4}}", "the first stage must train"),
+    ("{data: {length: 64}}\n      - {evaluate: {segments: 4}, set: {model.segments: 4}}", "takes no 'set'"),
+    ("{data: {length: 64}}\n      - {evaluate: {segments: 0}}", "evaluate must be {segments: N}"),
+    ("{data: {length: 64}}\n      - {evaluate: {T: 4}}", "evaluate must be {segments: N}"),
+    ("{name: 'a b', data: {length: 64}}", "name must be a short word"),
+])
+def test_malformed_stages_are_one_line_errors(tmp_path, stage, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(TINY_EXPERIMENT.split("grid:")[0] + "grid:\n  p:\n    stages:\n      - " + stage + "\n")
+    result = CliRunner().invoke(cli, ["experiment", "run", str(path), "--dry-run"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1

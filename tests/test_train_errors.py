@@ -182,3 +182,14 @@ def test_evaluate_rejects_a_tampered_config(finished_run, tmp_path):
     tampered = tmp_path / "tampered.pt"
     torch.save(state, tampered)
     fails(["evaluate", "--checkpoint", tampered], "does not match its hash")
+
+
+def test_evaluate_at_other_segments_needs_a_recurrent_model(data_dir, tmp_path):
+    run_dir = tmp_path / "transformer"
+    result = CliRunner().invoke(cli, ["train", "--task", "listops", "--data-dir", str(data_dir), "--run-dir",
+                                      str(run_dir), "--preset", "transformer", *TINY])
+    assert result.exit_code == 0, result.output
+    fails(["evaluate", "--checkpoint", run_dir / "checkpoints" / "best.pt", "--segments", "2"],
+          "--segments needs a recurrent model")
+    fails(["evaluate", "--checkpoint", run_dir / "checkpoints" / "best.pt", "--segments", "0"],
+          "--segments must be >= 1")

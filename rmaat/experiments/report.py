@@ -18,19 +18,20 @@ CSV_FIELDS = ("experiment", "scale", "point", "seed", "metric", "value", "test_a
 
 
 def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
-    """One row per finished run (a summary.json in the point's last stage), in grid order."""
+    """One row per finished run and result stage (a summary.json in the point's last stage, or
+    in each named stage), in grid order; ``point`` is the row label."""
     rows = []
-    for point in exp.points:
+    for label, point, stage in exp.result_rows():
         for seed in range(exp.seeds):
             run_dir = root / point.name / f"seed{seed}"
             if len(point.stages) > 1:
-                run_dir = run_dir / f"stage{len(point.stages) - 1}"
+                run_dir = run_dir / f"stage{stage}"
             path = run_dir / "summary.json"
             if not path.is_file():
                 continue
             s = json.loads(path.read_text())
             rows.append({
-                "experiment": exp.name, "scale": exp.scale, "point": point.name, "seed": seed,
+                "experiment": exp.name, "scale": exp.scale, "point": label, "seed": seed,
                 "metric": exp.metric, "value": s.get(exp.metric), "test_accuracy": s.get("test_accuracy"),
                 "val_accuracy": s.get("val_accuracy"), "majority_baseline": s.get("majority_baseline"),
                 "steps": s.get("steps"), "wall_time_s": round(float(s.get("wall_time_s", 0.0)), 1),
@@ -44,12 +45,12 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def point_summaries(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, Summary]:
-    """Summary of the metric per grid point that has finished runs."""
+    """Summary of the metric per result row label that has finished runs."""
     out = {}
-    for point in exp.points:
-        values = [r["value"] for r in rows if r["point"] == point.name and r["value"] is not None]
+    for label, _, _ in exp.result_rows():
+        values = [r["value"] for r in rows if r["point"] == label and r["value"] is not None]
         if values:
-            out[point.name] = summarise(values)
+            out[label] = summarise(values)
     return out
 
 
@@ -70,14 +71,14 @@ def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
              f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`"
              + (f"; majority-class baseline {sum(majority) / len(majority):.3f}" if majority else "") + ".", "",
              "| grid point | mean ± std | n | 95% CI | paper |", "|---|---|---|---|---|"]
-    for point in exp.points:
-        s = summaries.get(point.name)
-        paper = exp.paper.get(point.name)
+    for label, _, _ in exp.result_rows():
+        s = summaries.get(label)
+        paper = exp.paper.get(label)
         paper_text = "–" if paper is None else f"{paper}"
         if s is None:
-            lines.append(f"| {point.name} | not run | 0 | – | {paper_text} |")
+            lines.append(f"| {label} | not run | 0 | – | {paper_text} |")
             continue
-        lines.append(f"| {point.name} | {_fmt(s.mean)} ± {_fmt(s.std)} | {s.n} | "
+        lines.append(f"| {label} | {_fmt(s.mean)} ± {_fmt(s.std)} | {s.n} | "
                      f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] | {paper_text} |")
     depths = depth_table(exp, rows)
     if depths:
@@ -101,14 +102,10 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
     depths = depth_table(exp, rows)
     fig, axes = plt.subplots(1, 2 if depths else 1, figsize=(11 if depths else 6, 4), squeeze=False)
     ax = axes[0, 0]
-    names = list(summaries)
-    means = [summaries[n].mean for n in names]
-    errors = [[0 if math.isnan(summaries[n].ci_low) else summaries[n].mean - summaries[n].ci_low for n in names],
-              [0 if math.isnan(summaries[n].ci_high) else summaries[n].ci_high - summaries[n].mean for n in names]]
-    ax.bar(names, means, yerr=errors, capsize=4, color="#4C72B0")
-    for i, n in enumerate(names):
-        values = [r["value"] for r in rows if r["point"] == n]
-        ax.plot([i] * len(values), values, "k.", alpha=0.6)
+    if any(st.name for point in exp.points for st in point.stages):
+        _stage_curves(ax, exp, summaries)
+    else:
+        _bars(ax, summaries, rows)
     majority = [r["majority_baseline"] for r in rows if r["majority_baseline"] is not None]
     baseline = sum(majority) / len(majority) if majority else None
     if baseline is not None:
@@ -133,6 +130,34 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _ci_errors(summaries: dict[str, Summary], names: list[str]) -> list[list[float]]:
+    """Lower and upper error-bar lengths of the 95% CIs (0 where a single run has none)."""
+    return [[0 if math.isnan(summaries[n].ci_low) else summaries[n].mean - summaries[n].ci_low for n in names],
+            [0 if math.isnan(summaries[n].ci_high) else summaries[n].ci_high - summaries[n].mean for n in names]]
+
+
+def _bars(ax: Any, summaries: dict[str, Summary], rows: list[dict[str, Any]]) -> None:
+    """One bar per grid point with its CI and the single runs as dots."""
+    names = list(summaries)
+    ax.bar(names, [summaries[n].mean for n in names], yerr=_ci_errors(summaries, names), capsize=4, color="#4C72B0")
+    for i, n in enumerate(names):
+        values = [r["value"] for r in rows if r["point"] == n]
+        ax.plot([i] * len(values), values, "k.", alpha=0.6)
+
+
+def _stage_curves(ax: Any, exp: Experiment, summaries: dict[str, Summary]) -> None:
+    """One line per grid point over its named stages (e.g. accuracy against T), with CIs."""
+    for point in exp.points:
+        labels = [(st.name, f"{point.name}/{st.name}") for st in point.stages if st.name]
+        labels = [(x, key) for x, key in labels if key in summaries]
+        if labels:
+            keys = [key for _, key in labels]
+            ax.errorbar([x for x, _ in labels], [summaries[k].mean for k in keys],
+                        yerr=_ci_errors(summaries, keys), marker="o", capsize=4, label=point.name)
+    ax.set_xlabel("stage")
+    ax.legend(fontsize=8)
 
 
 def write_report(exp: Experiment, root: Path, command: str) -> dict[str, Path]:

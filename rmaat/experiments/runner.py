@@ -5,7 +5,7 @@ Layout under ``<root>/<name>/`` (root ``runs/experiments`` by default)::
 
     data/<task>-<hash>/           one generated data set per distinct data setting
     <point>/seed<k>/              a run directory (``pipeline train``'s), or for a curriculum
-    <point>/seed<k>/stage<i>/     one run directory per stage
+    <point>/seed<k>/stage<i>/     one run directory per stage (an evaluate stage: summary.json only)
     results.csv, results.md, <name>.png      written by :mod:`rmaat.experiments.report`
 
 A run whose ``summary.json`` exists (for the same config) is skipped; one with a checkpoint is
@@ -41,7 +41,7 @@ class Job:
     point: str
     seed: int
     run_dirs: tuple[Path, ...]
-    configs: tuple[dict[str, Any], ...]  # RunConfig dicts
+    configs: tuple[dict[str, Any], ...]  # RunConfig dicts; {"evaluate": {...}} for an evaluate stage
 
     @property
     def final_dir(self) -> Path:
@@ -121,13 +121,19 @@ def run_configs(exp: Experiment, root: Path, log: Callable[[str], None] = print,
         data_dirs = [prepare_data(exp, root, stage, log) if prepare else None for stage in point.stages]
         for seed in range(exp.seeds):
             dirs = _job_dirs(root, point, seed)
-            configs = []
+            configs: list[dict[str, Any]] = []
+            trained: Path | None = None  # the best checkpoint of the last training stage so far
             for i, (stage, data_dir) in enumerate(zip(point.stages, data_dirs)):
+                if not stage.trains:
+                    configs.append({"evaluate": {"checkpoint": str(trained), "segments": stage.evaluate_segments,
+                                                 "data_dir": data_dir, "split": "test"}})
+                    continue
                 overrides = {"task": exp.task, **stage.overrides, "train.seed": seed}
                 if data_dir is not None:
                     overrides["data.data_dir"] = data_dir
-                if i:
-                    overrides["train.init_from"] = str((dirs[i - 1] / "checkpoints" / "best.pt").resolve())
+                if trained is not None:
+                    overrides["train.init_from"] = str(trained)
+                trained = (dirs[i] / "checkpoints" / "best.pt").resolve()
                 config = apply_overrides(base, overrides)
                 config.validate()
                 configs.append(config.to_dict())
@@ -147,10 +153,15 @@ def run_state(run_dir: Path, config: dict[str, Any]) -> str:
     summary = run_dir / "summary.json"
     if summary.is_file():
         try:
-            if json.loads(summary.read_text()).get("config_hash") == config_hash(RunConfig.from_dict(config)):
-                return "done"
+            done = json.loads(summary.read_text())
         except ValueError:
-            pass
+            done = {}
+        if "evaluate" in config:
+            return "done" if done.get("evaluate") == config["evaluate"] else "new"
+        if done.get("config_hash") == config_hash(RunConfig.from_dict(config)):
+            return "done"
+    if "evaluate" in config:
+        return "new"
     return "partial" if (run_dir / "checkpoints" / "last.pt").is_file() else "new"
 
 
@@ -168,6 +179,9 @@ def run_job(job: Job) -> dict[str, Any]:
         if state == "done":
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        if "evaluate" in raw:
+            evaluate_stage(run_dir, raw["evaluate"])
+            continue
         with open(run_dir.parent / f"{run_dir.name}.log", "a") as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} "
@@ -180,6 +194,37 @@ def run_job(job: Job) -> dict[str, Any]:
     summary = json.loads((job.final_dir / "summary.json").read_text())
     summary["job_seconds"] = time.perf_counter() - start
     return summary
+
+
+def evaluate_stage(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a checkpoint at another segment count and write ``run_dir/summary.json`` in the
+    training summary's keys (``test_accuracy``, ``majority_baseline``, ``test_accuracy_by_depth``)."""
+    import torch
+
+    from rmaat.train.evaluation import evaluate_checkpoint
+    from rmaat.train.metrics import atomic_write_text
+
+    start = time.perf_counter()
+    result = evaluate_checkpoint(spec["checkpoint"], split=spec["split"], data_dir=spec["data_dir"],
+                                 device="cpu" if not torch.cuda.is_available() else "auto",
+                                 segments=spec["segments"], by="depth" if _has_depth(spec["data_dir"]) else None)
+    summary = {"evaluate": spec, "task": result["task"], "preset": result["preset"],
+               "test_accuracy": result["accuracy"], "test_loss": result["loss"], "n_test": result["n"],
+               "majority_baseline": result["majority_baseline"], "steps": result["step"],
+               "segments": result["segments"], "seq_len": result["seq_len"],
+               "wall_time_s": time.perf_counter() - start}
+    if "by_depth_segment" in result:
+        summary["test_accuracy_by_depth"] = result["by_depth_segment"]
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _has_depth(data_dir: str | None) -> bool:
+    """Whether a generated data set records the depth of its facts (the memory tasks)."""
+    if data_dir is None:
+        return False
+    record = Path(data_dir) / "done.json"
+    return record.is_file() and json.loads(record.read_text()).get("task", "").startswith("babi_")
 
 
 def _init_worker() -> None:
@@ -232,7 +277,16 @@ def estimate_seconds(exp: Experiment, jobs: int) -> float:
             cfg = apply_overrides(base, {"task": exp.task, **stage.overrides})
             docs = 2 if cfg.task in ("retrieval", "kjv_match") else 1
             size = int(stage.data.get("size", 20_000))
-            train_tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.data.seq_len * docs
-            eval_tokens = 0.2 * size * cfg.data.seq_len * docs / 3  # val + test, forward only (~1/3 of a step)
+            if stage.trains:
+                train_tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.data.seq_len * docs
+                eval_share = 0.2
+            else:  # the test split at the new length, forward only
+                train_tokens = 0
+                eval_share = 0.1
+                cfg.data.seq_len = cfg.data.seq_len // cfg.model.segments * stage.evaluate_segments
+            examples = eval_share * size
+            if cfg.train.final_eval_batches is not None and stage.trains:  # val + test, capped
+                examples = min(examples, 2 * cfg.train.final_eval_batches * cfg.train.batch_size)
+            eval_tokens = examples * cfg.data.seq_len * docs / 3  # forward only (~1/3 of a step)
             total += (train_tokens + eval_tokens) / exp.tokens_per_s
     return total * exp.seeds / max(1, jobs)

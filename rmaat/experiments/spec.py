@@ -26,6 +26,12 @@ from stage i-1's best checkpoint (``train.init_from``) on its own data (the scal
 updated by the stage's); the last stage's summary is the run's result. A stage (or point) may
 set ``task`` to train on another task than the experiment's (``lra_shapes`` spans five), and a
 point whose keys are scale names (``{cpu: {...}, paper: {...}}``) has a body per scale.
+
+A stage may have a ``name``: then every named stage is a row of the results (``point/name``),
+so one curriculum gives the accuracy after each of its stages (``segments``: T = 2, 4, 8, 16).
+A stage ``{name: T8, evaluate: {segments: 8}, data: {length: 512}}`` trains nothing: it
+evaluates the best checkpoint of the last training stage before it on its own data at another
+segment count (``length_generalisation``; ``pipeline evaluate --segments``).
 """
 
 from __future__ import annotations
@@ -46,10 +52,19 @@ _PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage of a grid point: its data options and run-config overrides."""
+    """One stage of a grid point: its data options and run-config overrides; with
+    ``evaluate_segments`` an evaluation of the previous training stage's best checkpoint at that
+    many segments instead of training. A named stage is reported as its own result row."""
 
     data: dict[str, Any]
     overrides: dict[str, Any]
+    name: str | None = None
+    evaluate_segments: int | None = None
+
+    @property
+    def trains(self) -> bool:
+        """Whether this stage trains (else it evaluates)."""
+        return self.evaluate_segments is None
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,12 @@ class GridPoint:
 
     name: str
     stages: tuple[Stage, ...]
+
+    def result_stages(self) -> list[tuple[str, int]]:
+        """``(row label, stage index)`` of each result row: every named stage as ``point/name``,
+        or the last stage as ``point`` when no stage is named."""
+        named = [(f"{self.name}/{st.name}", i) for i, st in enumerate(self.stages) if st.name]
+        return named or [(self.name, len(self.stages) - 1)]
 
 
 @dataclass
@@ -80,6 +101,10 @@ class Experiment:
     def n_runs(self) -> int:
         """Grid points x seeds."""
         return len(self.points) * self.seeds
+
+    def result_rows(self) -> list[tuple[str, GridPoint, int]]:
+        """``(row label, point, stage index)`` of every result row, in grid order."""
+        return [(label, point, i) for point in self.points for label, i in point.result_stages()]
 
 
 def experiments_dir() -> Path:
@@ -126,12 +151,26 @@ def _fill(value: Any, data: dict[str, Any], where: str) -> Any:
 
 def _stage(raw: Any, base_data: dict[str, Any], base_set: dict[str, Any], where: str) -> Stage:
     raw = _mapping(raw, where)
-    unknown = set(raw) - {"data", "set"}
+    unknown = set(raw) - {"data", "set", "name", "evaluate"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; a stage has 'data' and 'set'")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; a stage has 'data', 'set', 'name' "
+                          "and 'evaluate'")
     data = {**base_data, **_mapping(raw.get("data"), f"{where}.data")}
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, (str, int)) or not re.fullmatch(r"[\w.-]+", str(name))):
+        raise ConfigError(f"{where}.name must be a short word (letters, digits, _ . -), got {name!r}")
+    segments = None
+    if "evaluate" in raw:
+        evaluate = _mapping(raw["evaluate"], f"{where}.evaluate")
+        segments = evaluate.get("segments")
+        if set(evaluate) != {"segments"} or not isinstance(segments, int) or isinstance(segments, bool) \
+                or segments < 1:
+            raise ConfigError(f"{where}.evaluate must be {{segments: N}} with N >= 1, got {raw['evaluate']!r}")
+        if "set" in raw:
+            raise ConfigError(f"{where}: an evaluate stage trains nothing, so it takes no 'set'")
     overrides = {**base_set, **_mapping(raw.get("set"), f"{where}.set")}
-    return Stage(data, {k: _fill(v, data, f"{where}.{k}") for k, v in overrides.items()})
+    return Stage(data, {k: _fill(v, data, f"{where}.{k}") for k, v in overrides.items()},
+                 None if name is None else str(name), segments)
 
 
 def load_experiment(name: str, scale: str = "cpu", seeds: int | None = None) -> Experiment:
@@ -171,6 +210,9 @@ def load_experiment(name: str, scale: str = "cpu", seeds: int | None = None) -> 
             if set(body) != {"stages"} or not isinstance(body["stages"], list) or not body["stages"]:
                 raise ConfigError(f"{where}: 'stages' must be a non-empty list and the point's only key")
             stages = tuple(_stage(st, base_data, base_set, f"{where}.stages[{i}]") for i, st in enumerate(body["stages"]))
+            if not stages[0].trains:
+                raise ConfigError(f"{where}.stages[0]: the first stage must train (an evaluate stage needs a "
+                                  "checkpoint from a stage before it)")
         else:
             stages = (_stage({"set": body}, base_data, base_set, where),)
         points.append(GridPoint(str(point), stages))

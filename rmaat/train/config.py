@@ -44,6 +44,7 @@ RUNTIME_KEYS: frozenset[str] = frozenset({
     "train.device",
     "train.eval_every",
     "train.eval_batches",
+    "train.final_eval_batches",
     "train.save_every",
     "train.log_every",
     "train.stop_after",
@@ -130,7 +131,9 @@ class TrainSection:
     ``precision``: ``auto`` = bf16 autocast on CUDA, fp32 on CPU (CPU bf16 is slow on most
     processors and only adds noise to a quick run).
     ``eval_batches`` caps the validation batches of the periodic evaluations (None = whole
-    split); the final evaluation always uses whole splits.
+    split); the final validation and test passes use whole splits unless ``final_eval_batches``
+    caps them too (quick CPU experiments on a large split such as Fashion-MNIST's 10k test
+    images; the summary's ``n_test`` says how many examples were scored).
     ``stop_after`` ends this session after that many optimiser steps, saving a checkpoint
     (e.g. to fit a cluster time limit); ``--resume`` continues to ``max_steps``.
     ``init_from`` starts from the weights of another run's checkpoint (a curriculum over the
@@ -143,6 +146,7 @@ class TrainSection:
     grad_accum: int = 1
     eval_every: int = 500
     eval_batches: int | None = None
+    final_eval_batches: int | None = None
     save_every: int = 500
     log_every: int = 10
     seed: int = 0
@@ -245,8 +249,9 @@ class RunConfig:
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of "
                               f"train.grad_accum ({t.grad_accum})")
-        if t.eval_batches is not None:
-            _positive("train.eval_batches", t.eval_batches)
+        for key in ("eval_batches", "final_eval_batches"):
+            if getattr(t, key) is not None:
+                _positive(f"train.{key}", getattr(t, key))
         if t.stop_after is not None:
             _positive("train.stop_after", t.stop_after)
         if t.precision not in PRECISIONS:

@@ -102,11 +102,15 @@ GROUPINGS = {"depth": "depth_segment"}
 
 
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
-                        device: str = "auto", batch_size: int | None = None, by: str | None = None
-                        ) -> dict[str, Any]:
+                        device: str = "auto", batch_size: int | None = None, by: str | None = None,
+                        segments: int | None = None) -> dict[str, Any]:
     """Accuracy of a checkpoint (``last.pt`` or ``best.pt``) on a split of its task's data.
 
-    ``by="depth"`` adds accuracy per segment of the supporting fact (memory tasks)."""
+    ``by="depth"`` adds accuracy per segment of the supporting fact (memory tasks).
+    ``segments`` evaluates a recurrent model on inputs of another number of segments of the
+    same length (length generalisation): ``data.seq_len`` becomes ``segments`` times the
+    trained segment length, and the retention factors are those of the new T for the run's
+    variant (RF(., T_eval) from the table, the T-free streaming r_t, or 1/T_eval)."""
     from rmaat.data import get_task
     from rmaat.data.tasks import check_split
 
@@ -120,12 +124,19 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
     if data_dir is not None:
         config.data.data_dir = data_dir
     config.train.device = device
+    retention_factors = state.get("retention_factors")
+    if segments is not None and segments != config.model.segments:
+        retention_factors = None  # those of the trained T: read the new T's below
+        resegment(config, segments)
     config.validate()
     spec = get_task(config.task)
     dataset = load_splits(config, spec, (split,))[split]
-    model, _ = build_run_model(config, spec, state.get("retention_factors"))
+    model, retention_factors = build_run_model(config, spec, retention_factors)
+    weights = dict(state["model"])
+    if segments is not None and "retention_factors" in weights:  # the trained T's: keep the new T's
+        weights["retention_factors"] = model.retention_factors
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
                               f"({str(error).splitlines()[0]})") from None
@@ -140,5 +151,23 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
         shutdown_distributed()
     title, is_lra = task_identity(spec, dataset)
     result.update({"split": split, "task": config.task, "task_title": title, "is_lra": is_lra,
-                   "preset": config.model.preset, "step": int(state["step"]), "checkpoint": str(path)})
+                   "preset": config.model.preset, "step": int(state["step"]), "checkpoint": str(path),
+                   "segments": config.model.segments, "seq_len": config.data.seq_len,
+                   "retention_factors": retention_factors})
     return result
+
+
+def resegment(config: RunConfig, segments: int) -> None:
+    """Set ``config`` to ``segments`` segments of its current segment length (in place).
+
+    ConfigError for a model without segment recurrence, whose positions span the whole input."""
+    from rmaat.config import get_preset
+
+    if segments < 1:
+        raise ConfigError(f"--segments must be >= 1, got {segments}")
+    if not get_preset(config.model.preset).recurrent:
+        raise ConfigError(f"--segments needs a recurrent model (rmaat, rmt, rlt); this checkpoint is a "
+                          f"{config.model.preset}, whose positions cover the trained length only")
+    segment_length = config.data.seq_len // config.model.segments
+    config.model.segments = segments
+    config.data.seq_len = segments * segment_length

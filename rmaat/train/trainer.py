@@ -338,7 +338,7 @@ class Trainer:
         t = self.config.train
         return evaluate_split(self.model, self.data[split], batch_size=self.micro_batch, collate=self.collate,
                               device=self.device, precision=t.precision, n_classes=self.spec.n_classes,
-                              info=self.info, max_batches=None if full else t.eval_batches, by=by)
+                              info=self.info, max_batches=t.final_eval_batches if full else t.eval_batches, by=by)
 
     def _validate(self, full: bool) -> dict[str, Any]:
         result = self._evaluate("val", full)
