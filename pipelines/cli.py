@@ -18,13 +18,14 @@ import sys
 import click
 
 from neuro_sim.errors import SimulationInputError
-from retention.errors import RetentionTableError
+from retention.errors import OutputPathError, RetentionTableError
 from rmaat.errors import RMAATUserError
 
 #: Exceptions that mean "the user asked for something impossible": shown as one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     SimulationInputError,
     RetentionTableError,
+    OutputPathError,
     RMAATUserError,
 )
 

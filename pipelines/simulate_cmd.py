@@ -21,6 +21,7 @@ from neuro_sim.codegen import CODEGEN_MODES, validate_codegen
 from neuro_sim.errors import SimulationInputError
 from neuro_sim.protocol import MAX_SEGMENTS, validate_segment_count
 from pipelines.options import parse_int_list
+from retention.atomic import output_path
 from retention.errors import RetentionTableError
 from retention.macro_model import DEFAULT_FAMILIES, ModelSelection, fit_macro_model
 from retention.table import (
@@ -48,6 +49,7 @@ def _check_writable(out: Path) -> None:
     """Fail now if ``out`` could not be written later (a directory, or an unwritable parent)."""
     if out.is_dir():
         raise RetentionTableError(f"--out {out} is a directory; give a file name such as {out / 'retention_table.nc'}")
+    out = output_path(out)  # a symlink is written through; a device or FIFO is refused (--force too)
     parent = out.parent
     while not parent.exists():  # the nearest existing ancestor must let us create the rest
         parent = parent.parent

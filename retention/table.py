@@ -35,7 +35,9 @@ both writing and reading validate the table; ``read_table`` raises
 ``load_retention_factors(T)`` looks up, in order: an explicit ``path`` (only that file);
 otherwise the user table (``$RMAAT_RETENTION_TABLE``, else
 ``~/.local/share/rmaat/retention_table.nc``) if it exists *and has a row for T*, then the
-packaged default (``retention/data/default_table.nc``).  Falling through per T lets a
+packaged default (``retention/data/default_table.nc``).  A ``$RMAAT_RETENTION_TABLE`` that
+names a missing file is an error, as an explicit missing ``path`` is (a typo must not
+silently train with the packaged factors); only the default location may be absent.  Falling through per T lets a
 user table that holds only the segment counts a user regenerated override the default
 for those counts without hiding the others; an existing but corrupt user table is an
 error, never skipped.
@@ -48,7 +50,6 @@ import importlib.resources
 import json
 import math
 import os
-import uuid
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -57,6 +58,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import xarray as xr
 
+from retention.atomic import atomic_write_path
 from retention.errors import RetentionTableError
 from retention.factors import VARIANTS, factor_matrix
 from retention.macro_model import ModelSelection
@@ -425,19 +427,10 @@ def read_table(path: str | os.PathLike, fix_hint: str | None = None) -> xr.Datas
 
 
 def write_table(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Validate ``ds`` and write it to ``path`` atomically (temp file beside it, then os.replace)."""
+    """Validate ``ds`` and write it to ``path`` atomically (``retention.atomic``: fsynced temp file
+    beside the target, then os.replace; a symlink is written through). Returns the file written."""
     validate_table(ds, "the table to write")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # created by netCDF itself (not mkstemp) so it gets the usual umask-based permissions
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_path(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
 
 
 # ----------------------------------------------------------------------------- lookup
@@ -465,6 +458,10 @@ def load_retention_factors(
         candidates = [Path(path)]
     else:
         user = user_table_path()
+        if os.environ.get(USER_TABLE_ENV) and not user.exists():  # named on purpose: never skipped
+            raise RetentionTableError(
+                f"${USER_TABLE_ENV} names {user}, which does not exist; create it with `pipeline simulate "
+                f"--segments {T}` or unset {USER_TABLE_ENV} to use the packaged table")
         candidates = ([user] if user.exists() else []) + [packaged_table_path()]
     looked: list[str] = []
     for candidate in candidates:

@@ -15,3 +15,7 @@ class DataError(RMAATUserError):
 
 class CheckpointError(RMAATUserError):
     """Missing or corrupt checkpoint, or one written by a different configuration."""
+
+
+class TrainingDivergedError(RMAATUserError):
+    """The loss or gradients turned non-finite; nothing non-finite was applied or saved."""

@@ -9,6 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from test_data_babi import kjv  # noqa: F401  (the corpus fixture)
+from retention.table import packaged_table_path
+
+PACKAGED_TABLE = str(packaged_table_path())  # as the user table: no user table of this machine is read
 
 
 def read(root):
@@ -111,7 +114,7 @@ def test_packaged_configs_train_a_few_steps_and_say_stand_in(kjv, task, tmp_path
 
     from pipelines.cli import cli
 
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -14,6 +14,9 @@ from click.testing import CliRunner
 
 from pipelines.cli import cli
 from test_data_babi import kjv  # noqa: F401  (the corpus fixture)
+from retention.table import packaged_table_path
+
+PACKAGED_TABLE = str(packaged_table_path())  # as the user table: no user table of this machine is read
 
 TINY_EXPERIMENT = """
 name: tiny
@@ -41,7 +44,7 @@ grid:
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_EXPERIMENT)
     return path
@@ -182,7 +185,7 @@ def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes
     from rmaat.train.batching import build_run_model
     from rmaat.train.config import RunConfig
 
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
     assert run_configs(load_experiment(name, "cpu", seeds=1), tmp_path, prepare=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -232,7 +235,7 @@ def test_named_stages_are_rows_and_an_evaluate_stage_equals_pipeline_evaluate(kj
     --segments` does, with the retention factors of the new T (streaming r_t here)."""
     from retention import load_retention_factors
 
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
     path = tmp_path / "staged.yaml"
     path.write_text(STAGED_EXPERIMENT)
     root = tmp_path / "exp"

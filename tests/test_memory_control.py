@@ -16,6 +16,9 @@ from click.testing import CliRunner
 
 from pipelines.cli import cli
 from test_data_babi import kjv  # noqa: F401  (the corpus fixture)
+from retention.table import packaged_table_path
+
+PACKAGED_TABLE = str(packaged_table_path())  # as the user table: no user table of this machine is read
 
 #: 2 segments of 64 bytes, the one fact in segment 0 (main.sh's demo has two facts in 2 x 128
 #: bytes and needs a few minutes; this is the setting that fits the test budget).
@@ -40,7 +43,7 @@ def memory_set(kjv, tmp_path_factory):  # noqa: F811
 def _one_thread(monkeypatch, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path_factory.getbasetemp() / "no-user-table.nc"))
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
     yield
     torch.set_num_threads(threads)
 

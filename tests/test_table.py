@@ -226,8 +226,16 @@ def test_lookup_order(tables, tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         load_retention_factors(16, variant="streaming"), _row(user, 16, "retention_factor_streaming")
     )
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "none.nc"))  # absent user table
+    monkeypatch.delenv("RMAAT_RETENTION_TABLE")  # no user table at the default location
+    monkeypatch.setattr(table_mod, "DEFAULT_USER_TABLE", str(tmp_path / "none.nc"))
     np.testing.assert_array_equal(load_retention_factors(4), _row(packaged, 4))
+
+
+def test_a_missing_table_named_by_the_environment_is_an_error(tables, tmp_path, monkeypatch):
+    """As a missing --set model.retention_table is: a typo must not train with other factors."""
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "typo.nc"))
+    with pytest.raises(RetentionTableError, match=r"\$RMAAT_RETENTION_TABLE names .*typo.nc, which does not exist"):
+        load_retention_factors(4)
 
 
 def test_missing_T_names_the_command(tables):
@@ -254,7 +262,8 @@ def test_lookup_bad_arguments(tables, T, variant, message):
 
 def test_packaged_default_table(tmp_path, monkeypatch):
     """The table shipped in the package: T = 1..64 from the tripartite model, valid factors."""
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "absent.nc"))  # no user table
+    monkeypatch.delenv("RMAAT_RETENTION_TABLE", raising=False)  # no user table
+    monkeypatch.setattr(table_mod, "DEFAULT_USER_TABLE", str(tmp_path / "absent.nc"))
     ds = read_table(table_mod.packaged_table_path())
     assert ds["total_segments"].values.tolist() == list(range(1, 65))
     assert ds.attrs["simulator_model"] == "tripartite"

@@ -12,6 +12,9 @@ import torch
 
 from rmaat.train.checkpoint import load_checkpoint
 from rmaat.train.metrics import read_metrics
+from retention.table import packaged_table_path
+
+PACKAGED_TABLE = str(packaged_table_path())  # as the user table: no user table of this machine is read
 
 
 def _free_port() -> int:
@@ -34,7 +37,7 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
     data = _write_listops(tmp_path / "data")
     run_dir = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
-               RMAAT_RETENTION_TABLE=str(tmp_path / "no-user-table.nc"))
+               RMAAT_RETENTION_TABLE=PACKAGED_TABLE)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
                "-m", "pipelines.cli", "train", "--task", "listops", "--data-dir", str(data),

@@ -9,6 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from pipelines.cli import cli
+from retention.table import packaged_table_path
+
+PACKAGED_TABLE = str(packaged_table_path())  # as the user table: no user table of this machine is read
 
 TINY = ["--seq-len", "32", "--d-model", "16", "--layers", "1", "--set", "model.d_ff=32", "--set", "model.n_heads=2",
         "--max-steps", "2", "--batch-size", "4", "--device", "cpu", "--no-progress"]
@@ -18,7 +21,7 @@ TINY = ["--seq-len", "32", "--d-model", "16", "--layers", "1", "--set", "model.d
 def _isolated(monkeypatch, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path / "no-user-table.nc"))
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
     yield
     torch.set_num_threads(threads)
 

@@ -19,6 +19,9 @@ from pipelines.cli import cli
 from rmaat.train.checkpoint import load_checkpoint
 from rmaat.train.metrics import read_metrics
 from rmaat.train.trainer import Trainer
+from retention.table import packaged_table_path
+
+PACKAGED_TABLE = str(packaged_table_path())  # as the user table: no user table of this machine is read
 
 #: A model small enough that a CPU step takes milliseconds.
 TINY = ["--d-model", "32", "--layers", "1", "--set", "model.d_ff=64", "--set", "model.n_heads=2",
@@ -31,7 +34,7 @@ def _isolated(monkeypatch, tmp_path_factory):
     contending threads) and no user retention table (use the packaged one)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(tmp_path_factory.getbasetemp() / "no-user-table.nc"))
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
     yield
     torch.set_num_threads(threads)
 

@@ -58,8 +58,9 @@ class CheckReport:
             balance = " ".join(f"{c}:{n}" for c, n in enumerate(r.class_counts))
             line = (f"  {r.split:<5} {r.n_examples:>7} examples  labels {balance}  "
                     f"majority {100 * r.majority_fraction:.1f}%")
-            if r.n_truncated:
-                line += f"  truncated {r.n_truncated} to {spec.seq_len}"
+            if r.n_truncated:  # dual tasks count documents (2 per example), the others examples
+                unit = "documents" if spec.dual else "examples"
+                line += f"  {r.n_truncated} {unit} cut to {spec.seq_len} tokens"
             out.append(line)
         out += [f"  problem: {p}" for p in self.problems]
         out.append("OK" if self.ok else "INVALID")

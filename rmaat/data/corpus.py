@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retention.atomic import atomic_write_bytes
 from rmaat.errors import DataError
 
 #: The package to install, named in every error (``bible-kjv-text`` holds the text itself).
@@ -127,14 +128,8 @@ def _run_bible() -> str:
 
 
 def _write_cache(corpus: Corpus, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="ascii") as f:
-        for ref, verse in zip(corpus.refs, corpus.verses):
-            f.write(f"{ref} {verse}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = "".join(f"{ref} {verse}\n" for ref, verse in zip(corpus.refs, corpus.verses))
+    atomic_write_bytes(path, text.encode("ascii"))
 
 
 def load_kjv(cache: bool = True) -> Corpus:

@@ -5,11 +5,13 @@ depth for the memory tasks) and a figure."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from retention.atomic import atomic_write
 from rmaat.experiments.spec import Experiment
 from rmaat.experiments.stats import Summary, summarise
 
@@ -126,10 +128,10 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
         ax2.set_title("accuracy by fact depth")
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def _ci_errors(summaries: dict[str, Summary], names: list[str]) -> list[list[float]]:
@@ -171,12 +173,11 @@ def write_report(exp: Experiment, root: Path, command: str) -> dict[str, Path]:
         raise RMAATUserError(f"no finished runs under {root}; run it first: pipeline experiment run {exp.name}")
     root.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, fig_path = root / "results.csv", root / "results.md", root / f"{exp.name}.png"
-    tmp = csv_path.with_name(".results.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(csv_path)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(csv_path, table.getvalue())
     atomic_write_text(md_path, markdown(exp, rows, command))
     figure(exp, rows, fig_path)
     return {"csv": csv_path, "md": md_path, "figure": fig_path}

@@ -14,9 +14,7 @@ Writes go to a temporary file in the same directory and are moved into place wit
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +22,39 @@ import numpy as np
 import torch
 
 from rmaat.errors import CheckpointError
-from rmaat.train.metrics import default_file_mode
+from retention.atomic import atomic_write
 
 FORMAT = "rmaat-train-checkpoint/1"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` via a temp file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, default_file_mode())
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to ``path`` atomically (``retention.atomic``: fsynced temp file, os.replace)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def _load_failure(error: Exception) -> str:
+    """torch's reason in a few words, without its advice to load with ``weights_only=False``
+    (which would run code from an untrusted file: never suggest it)."""
+    text = str(error).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain data"
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    return first_line[:200]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and sanity-check a checkpoint; CheckpointError if missing, corrupt or foreign."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.glob("**/checkpoints/*.pt"))[:2] or sorted(map(str, path.glob("*.pt")))[:2]
+        raise CheckpointError(f"checkpoint {path} is a directory; give a checkpoint file"
+                              + (f", e.g. {' or '.join(inside)}" if inside else " (RUN_DIR/checkpoints/best.pt)"))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated/foreign files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({first_line[:200]}); "
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_load_failure(error)}); "
                               f"it may be truncated or not written by `pipeline train`") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an RMAAT training checkpoint (expected format {FORMAT})")
@@ -94,3 +93,21 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def init_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load every parameter of ``model`` from the checkpoint at ``path`` (a curriculum stage).
+
+    The retention factors are buffers of the run's own T and are kept. CheckpointError when the
+    checkpoint's model has other parameters or shapes (another width, segment length or preset)."""
+    state = load_checkpoint(path)
+    weights = {k: v for k, v in state["model"].items() if k != "retention_factors"}
+    own = {k: v for k, v in model.state_dict().items() if k != "retention_factors"}
+    mismatched = sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
+    missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
+    if mismatched or missing or extra:
+        what = "; ".join(f"{label} {', '.join(keys[:3])}" for label, keys in
+                         (("other shapes:", mismatched), ("missing:", missing), ("unexpected:", extra)) if keys)
+        raise CheckpointError(f"--init-from {path}: its model does not fit this run's ({what}); the "
+                              "model width, layers, preset and segment length must match")
+    model.load_state_dict(weights, strict=False)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 import typing
 from dataclasses import dataclass, field
@@ -216,6 +217,9 @@ class RunConfig:
     def validate(self) -> None:
         """Reject impossible values with a one-line ConfigError naming the field."""
         m, d, o, t = self.model, self.data, self.optim, self.train
+        for key, value in _flatten(self.to_dict()).items():  # inf/nan pass every range check below
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
         if m.backprop is not None and m.backprop not in BACKPROP_MODES:
             raise ConfigError(f"model.backprop must be one of {', '.join(BACKPROP_MODES)}, got {m.backprop!r}")
         _positive("model.segments", m.segments)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from rmaat.errors import CheckpointError, ConfigError
+from rmaat.errors import CheckpointError, ConfigError, DataError
 from rmaat.train.batching import Collate, build_run_model, load_splits, model_inputs, task_identity
 from rmaat.train.checkpoint import load_checkpoint
 from rmaat.train.config import RunConfig, config_hash
@@ -123,6 +123,9 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
         raise CheckpointError(f"checkpoint {path}: stored config does not match its hash; the file was altered")
     if data_dir is not None:
         config.data.data_dir = data_dir
+    elif config.data.data_dir is not None and not Path(config.data.data_dir).expanduser().exists():
+        raise DataError(f"the data directory {config.data.data_dir} recorded by the run in {path} does not exist; "
+                        "pass --data-dir with the data's current location")
     config.train.device = device
     retention_factors = state.get("retention_factors")
     if segments is not None and segments != config.model.segments:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from retention.atomic import atomic_write, atomic_write_bytes
+from rmaat.errors import DataError
 
 
 class MetricsLogger:
@@ -69,16 +70,31 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file (a run directory is accepted too)."""
+    """All records of a ``metrics.jsonl`` file (a run directory is accepted too).
+
+    A torn final line (a write cut short by a kill, a full disk or a power loss) is dropped:
+    the checkpoint a resume continues from precedes it. A damaged line anywhere else is a
+    DataError naming the line, since records would silently go missing."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if line:
-                records.append(json.loads(line))
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if number == len(lines):
+                break  # the torn last line
+            raise DataError(f"{path} line {number} is not a JSON record ({line[:40]!r}); the log is damaged: "
+                            "delete that line (or the file, losing the curves) and resume again")
+        records.append(record)
     return records
 
 
@@ -126,16 +142,11 @@ def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | 
         fig.suptitle(title)
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.fchmod(fd, default_file_mode())
-    os.close(fd)
+    fmt = "svg" if out_path.suffix.lower() == ".svg" else "png"
     try:
-        fig.savefig(tmp, format="svg" if out_path.suffix.lower() == ".svg" else "png", dpi=120)
-        os.replace(tmp, out_path)
+        atomic_write(out_path, lambda handle: fig.savefig(handle, format=fmt, dpi=120))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return out_path
 
 
@@ -145,25 +156,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` via a temp file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, default_file_mode())
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file (0o666 minus the umask); ``mkstemp`` uses 0o600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """Write ``text`` (UTF-8) to ``path`` atomically (``retention.atomic``)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _plain(value: Any) -> Any:

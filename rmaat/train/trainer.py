@@ -13,23 +13,19 @@ position (epoch + index into that epoch's seeded permutation, see
 model is in eval mode) and the DataLoader gets its own generator, so neither shifts the
 global RNG between a checkpoint and the next step.
 
-Run directory layout: architecture Contract 6. The run's data, model and batches come from
-:mod:`rmaat.train.batching`; validation, test and checkpoint evaluation from
-:mod:`rmaat.train.evaluation`.
+Run directory layout: architecture Contract 6 (:mod:`rmaat.train.rundir`). The run's data, model
+and batches come from :mod:`rmaat.train.batching`; validation, test and checkpoint evaluation
+from :mod:`rmaat.train.evaluation`; the final record from :mod:`rmaat.train.summary`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
-import resource
-import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +33,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rmaat.errors import CheckpointError, ConfigError
+from rmaat.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 # Re-exported: callers and tests import these from ``rmaat.train.trainer`` (they lived here
 # before batching and evaluation became modules of their own).
 from rmaat.train.batching import (  # noqa: F401
     BatchStream, Collate, batch_tokens, build_run_model, load_splits, model_inputs, model_overrides, task_identity,
 )
-from rmaat.train.checkpoint import FORMAT, atomic_torch_save, capture_rng_state, load_checkpoint, restore_rng_state
+from rmaat.train.checkpoint import (
+    FORMAT, atomic_torch_save, capture_rng_state, init_weights, load_checkpoint, restore_rng_state,
+)
 from rmaat.train.config import RunConfig, config_diff, config_hash
 from rmaat.train.distributed import (
     ResumableSampler, all_reduce_sum, any_rank, barrier, gather_objects, init_distributed, shutdown_distributed,
 )
 from rmaat.train.evaluation import autocast_context, evaluate_checkpoint, evaluate_split  # noqa: F401
 from rmaat.train.metrics import MetricsLogger, atomic_write_json, atomic_write_text, plot_curves, truncate_metrics
+from rmaat.train.rundir import RUN_ARTEFACTS, check_run_dir, clear_run_dir, default_run_dir, start_mode  # noqa: F401
+from rmaat.train.summary import format_by_depth, format_summary, parameter_digest, peak_memory, run_summary  # noqa: F401
 
-#: Files and folders a run writes; ``--force`` removes exactly these, nothing else.
-RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tensorboard", "checkpoints")
 
 
 def lr_multiplier(step: int, max_steps: int, warmup: float, schedule: str, min_ratio: float) -> float:
@@ -68,76 +66,9 @@ def lr_multiplier(step: int, max_steps: int, warmup: float, schedule: str, min_r
     return min_ratio + (1.0 - min_ratio) * shape
 
 
-def peak_memory(device: torch.device) -> dict[str, Any]:
-    """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
-    if device.type == "cuda":
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
-                "peak_memory_kind": "cuda_max_allocated"}
-    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-            "peak_memory_kind": "cpu_max_rss"}
-
-
-def parameter_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of all parameters' bytes: equal digests mean bit-identical replicas."""
-    digest = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def click_style_echo(message: str, err: bool = False) -> None:
     """``print`` with click.echo's ``err`` keyword (the default ``echo`` of :class:`Trainer`)."""
     print(message, file=sys.stderr if err else sys.stdout, flush=True)
-
-
-# ================================================================================ run dir
-def default_run_dir(config: RunConfig) -> Path:
-    """``runs/<task>-<preset>-<timestamp>``."""
-    return Path("runs") / f"{config.task}-{config.model.preset}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite a previous run unless asked; require a checkpoint to resume."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise CheckpointError(f"nothing to resume in {run_dir}: {last} does not exist "
-                                  f"(start a new run without --resume)")
-        return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
-        raise ConfigError(f"run directory {run_dir} is not empty; continue it with --resume, overwrite it "
-                          f"with --force, or choose another --run-dir")
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """Remove a previous run's artefacts (``--force``); other files are left alone."""
-    for name in RUN_ARTEFACTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def init_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load every parameter of ``model`` from the checkpoint at ``path`` (a curriculum stage).
-
-    The retention factors are buffers of the run's own T and are kept. CheckpointError when the
-    checkpoint's model has other parameters or shapes (another width, segment length or preset)."""
-    state = load_checkpoint(path)
-    weights = {k: v for k, v in state["model"].items() if k != "retention_factors"}
-    own = {k: v for k, v in model.state_dict().items() if k != "retention_factors"}
-    mismatched = sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
-    missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
-    if mismatched or missing or extra:
-        what = "; ".join(f"{label} {', '.join(keys[:3])}" for label, keys in
-                         (("other shapes:", mismatched), ("missing:", missing), ("unexpected:", extra)) if keys)
-        raise CheckpointError(f"--init-from {path}: its model does not fit this run's ({what}); the "
-                              "model width, layers, preset and segment length must match")
-    model.load_state_dict(weights, strict=False)
 
 
 # ================================================================================ trainer
@@ -154,6 +85,13 @@ class Trainer:
         from rmaat.data import get_task
 
         config.validate()
+        if config.data.data_dir is not None:  # absolute, so that evaluate and --resume work from anywhere
+            data_dir = Path(config.data.data_dir).expanduser()
+            if resume and not data_dir.exists():
+                raise DataError(f"the data directory {data_dir} recorded by the run in {run_dir} does not exist; "
+                                "pass --data-dir with the data's current location")
+            config.data.data_dir = str(data_dir.resolve())
+        resume, force = start_mode(Path(run_dir), resume=resume, force=force, echo=echo)
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.progress, self.echo = progress, echo
         self._force = force
@@ -304,6 +242,7 @@ class Trainer:
         # with grad_clip 0 an infinite bound only measures the norm, for the log
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        self._check_finite(loss_sum / max(1, count), grad_norm)
         self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
         self.optimizer.step()
         self.scheduler.step()
@@ -317,13 +256,26 @@ class Trainer:
         w["steps"] += 1
         w["grad_norm"] += float(grad_norm)
 
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Stop before a non-finite loss or gradient reaches the weights (no optimiser step, no
+        checkpoint written): TrainingDivergedError naming the step and the last good checkpoint."""
+        bad = not (math.isfinite(float(loss)) and math.isfinite(float(grad_norm)))
+        if not any_rank(bad, self.info, self.device):
+            return
+        last = self.run_dir / "checkpoints" / "last.pt"
+        saved = (f"the last good checkpoint is {last} (step {int(load_checkpoint(last)['step'])})" if last.is_file()
+                 else "no checkpoint was written yet")
+        raise TrainingDivergedError(
+            f"training diverged at step {self.step + 1}: loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g}; "
+            f"{saved}; lower the learning rate (--lr) or clip gradients (--set optim.grad_clip=1.0)")
+
     def _log_train(self, bar, window_time: float) -> None:
         w = self.window
         sums = all_reduce_sum(torch.tensor([w["loss"], w["correct"], w["count"], w["tokens"]],
                                            dtype=torch.float64, device=self.device), self.info).tolist()
         record = {"step": self.step, "split": "train", "loss": sums[0] / max(1, sums[2]),
                   "accuracy": sums[1] / max(1, sums[2]), "lr": self.step_lr,
-                  "tokens_per_s": sums[3] / max(window_time, 1e-9), "elapsed_s": self._elapsed(),
+                  "tokens_per_s": sums[3] / max(window_time, 1e-9), "elapsed_s": self.elapsed(),
                   "grad_norm": w["grad_norm"] / max(1.0, w["steps"])}
         self.logger.log(record)
         if bar is not None:
@@ -331,7 +283,7 @@ class Trainer:
                             tok_s=f"{record['tokens_per_s']:.3g}")
         self.window = {k: 0.0 for k in w}
 
-    def _elapsed(self) -> float:
+    def elapsed(self) -> float:
         return self.elapsed_prev + (time.perf_counter() - self.session_start)
 
     def _evaluate(self, split: str, full: bool, by: str | None = None) -> dict[str, Any]:
@@ -343,7 +295,7 @@ class Trainer:
     def _validate(self, full: bool) -> dict[str, Any]:
         result = self._evaluate("val", full)
         self.logger.log({"step": self.step, "split": "val", "loss": result["loss"],
-                         "accuracy": result["accuracy"], "n": result["n"], "elapsed_s": self._elapsed()})
+                         "accuracy": result["accuracy"], "n": result["n"], "elapsed_s": self.elapsed()})
         if result["accuracy"] > self.best_val:
             self.best_val, self.best_step = result["accuracy"], self.step
             self._save_best()
@@ -456,21 +408,8 @@ class Trainer:
         depth = "depth_segment" if "depth_segment" in getattr(self.data["test"], "metadata", {}) else None
         test = self._evaluate("test", full=True, by=depth)
         self.logger.log({"step": self.step, "split": "test", "loss": test["loss"], "accuracy": test["accuracy"],
-                         "n": test["n"], "checkpoint_step": self.best_step, "elapsed_s": self._elapsed()})
-        summary = {
-            "task": cfg.task, **dict(zip(("task_title", "is_lra"), task_identity(self.spec, self.data["test"]))),
-            "preset": cfg.model.preset, "backprop": self.model.cfg.backprop,
-            "steps": self.step, "best_step": self.best_step,
-            "val_accuracy": self.best_val, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-            "majority_baseline": test["majority_baseline"], "val_majority_baseline": final_val["majority_baseline"],
-            "final_val_accuracy": final_val["accuracy"], "n_val": final_val["n"], "n_test": test["n"],
-            "wall_time_s": self._elapsed(), "train_tokens_per_s": self.tokens_seen / max(self.train_time, 1e-9),
-            "train_time_s": self.train_time,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "device": str(self.device), "world_size": info.world_size, "seq_len": cfg.data.seq_len,
-            "segments": self.model.cfg.n_segments, "config_hash": config_hash(cfg),
-            **peak_memory(self.device),
-        }
+                         "n": test["n"], "checkpoint_step": self.best_step, "elapsed_s": self.elapsed()})
+        summary = run_summary(self, test, final_val)
         if depth is not None:  # memory tasks: accuracy by the segment that holds the supporting fact
             summary["test_accuracy_by_depth"] = test["by_depth_segment"]
         if info.enabled:
@@ -499,25 +438,6 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The lines ``pipeline train`` prints at the end of a run."""
-    stand_in = "" if summary.get("is_lra", True) else " [stand-in task, not an LRA result]"
-    return (f"{summary['task_title']}{stand_in}, {summary['preset']} ({summary['backprop']}), "
-            f"{summary['steps']} steps in {summary['wall_time_s']:.1f} s\n"
-            f"  test accuracy {summary['test_accuracy']:.4f} vs majority-class baseline "
-            f"{summary['majority_baseline']:.4f} (n={summary['n_test']}, checkpoint of step {summary['best_step']})\n"
-            f"  best val accuracy {summary['val_accuracy']:.4f}; "
-            f"{summary['train_tokens_per_s']:.4g} tokens/s; peak memory "
-            f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']})"
-            + ("\n" + format_by_depth(summary["test_accuracy_by_depth"]) if "test_accuracy_by_depth" in summary else ""))
-
-
-def format_by_depth(groups: dict[str, dict[str, float]]) -> str:
-    """One line: accuracy (n) per 0-based segment of the supporting fact."""
-    cells = [f"segment {g}: {v['accuracy']:.3f} (n={v['n']})" for g, v in sorted(groups.items(), key=lambda kv: int(kv[0]))]
-    return "  by depth of the supporting fact: " + "; ".join(cells)
 
 
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, force: bool = False,
