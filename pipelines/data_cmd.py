@@ -42,7 +42,7 @@ def memory_task_config(task: str, length: int | None, segment_length: int | None
 
 @click.group()
 def data() -> None:
-    """Long Range Arena data: generate ListOps/Pathfinder, check a data directory."""
+    """Task data: fetch a public archive, generate ListOps/Pathfinder and the stand-ins, check a data directory."""
 
 
 @data.command()
@@ -149,3 +149,48 @@ def check(ctx: click.Context, task: str, data_dir: Path | None) -> None:
         click.echo(line)
     if not report.ok:
         ctx.exit(1)
+
+
+@data.command()
+@click.option("--task", required=True,
+              type=click.Choice(["text", "image", "listops", "retrieval", "pathfinder"]),
+              help="text (IMDb), image (CIFAR-10) or listops, retrieval, pathfinder (the LRA release).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output directory; the task's folder (aclImdb/, cifar-10-batches-py/, listops-1000/, "
+                   "tsv_data/, pathfinder32/curv_contour_length_14/) is written inside it.")
+@click.option("--url", default=None,
+              help="Download from this mirror instead. The LRA release's official URL is known to "
+                   "answer 403 Forbidden; a mirror of lra_release.gz is then needed.")
+@click.option("--md5", default=None,
+              help="Expected MD5 of the archive (replaces the known one). IMDb and CIFAR-10 have "
+                   "known MD5s, also checked on a mirror; the LRA release has no published hash.")
+@click.option("--sha256", default=None, help="Expected SHA-256 of the archive (instead of --md5).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Where downloads are cached and reused [default: $RMAAT_DATA_CACHE if set, "
+                   "else ~/.cache/rmaat-pipeline].")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def fetch(task: str, out: Path, url: str | None, md5: str | None, sha256: str | None,
+          cache_dir: Path | None, force: bool) -> None:
+    """Download a task's public archive, unpack it into the layout the loaders read, check it.
+
+    The archive is cached (a second fetch reuses it) and checked against its hash when one is
+    known or given: IMDb and CIFAR-10 have published MD5s; the LRA release (listops, retrieval,
+    pathfinder) has none, so without --md5/--sha256 its download is unverified. Only the task's
+    folder is unpacked, into a temporary directory beside --out that is checked like
+    `pipeline data check` and then renamed into place: --out never holds a partial data set.
+    """
+    from rmaat.data.fetch import check_out, fetch_task, resolve_source
+
+    source = resolve_source(task, url, md5, sha256)
+    out = check_out(out, force)  # before a long download
+    if source.known_hash is None:
+        click.echo(f"warning: the download is unverified ({source.archive.title} has no published "
+                   "hash); pass --md5 or --sha256 to check it", err=True)
+    else:
+        click.echo(f"expected hash: {source.known_hash}")
+    result = fetch_task(task, out, source, cache_dir=cache_dir, force=force,
+                        progress=sys.stderr.isatty(), echo=click.echo)
+    for line in result.report.lines():
+        click.echo(line)
+    click.echo(f"wrote {result.n_files} files of {source.archive.title} to {result.out}")
+    click.echo(f"next: pipeline train --task {task} --data-dir {result.out}")
