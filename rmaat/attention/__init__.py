@@ -11,7 +11,7 @@ import importlib
 
 _EXPORTS = {
     "AttentionConfig": "rmaat.attention.config",
-    "build_attention": "rmaat.attention.config",
+    "build_attention": "rmaat.attention.factory",
     "AstromorphicAttention": "rmaat.attention.astromorphic",
     "LinearAttention": "rmaat.attention.linear",
     "SoftmaxAttention": "rmaat.attention.softmax",

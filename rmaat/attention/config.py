@@ -1,19 +1,16 @@
-"""Configuration of one multi-head attention layer, and the factory that builds it.
+"""Configuration of one multi-head attention layer.
 
-This module imports no torch at import time, so ``AttentionConfig`` can be created and
-validated cheaply (e.g. by the CLI before any model is built).
+This module imports no torch and no attention layer, so ``AttentionConfig`` can be created
+and validated cheaply (e.g. by the CLI before any model is built), and every layer can
+import it without a circle. ``rmaat.attention.factory.build_attention`` builds the layer.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rmaat.errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from torch import nn
 
 KINDS = ("astro", "linear", "softmax")
 
@@ -93,23 +90,3 @@ class AttentionConfig:
         if self.m_scale is not None:
             return float(self.m_scale)
         return float(self.seq_len) ** (1.0 - self.alpha)
-
-
-def build_attention(cfg: AttentionConfig) -> "nn.Module":
-    """Build the attention module for ``cfg.kind`` (Contract 3).
-
-    The module maps ``x`` (B, N, D) and ``key_mask`` (B, N) bool (True = real token) or None
-    to (B, N, D): the projected attention output, without the residual. Padded query
-    positions get an exact zero output.
-    """
-    if cfg.kind == "astro":
-        from rmaat.attention.astromorphic import AstromorphicAttention
-
-        return AstromorphicAttention(cfg)
-    if cfg.kind == "linear":
-        from rmaat.attention.linear import LinearAttention
-
-        return LinearAttention(cfg)
-    from rmaat.attention.softmax import SoftmaxAttention
-
-    return SoftmaxAttention(cfg)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rmaat.attention.config import AttentionConfig, build_attention
+from rmaat.attention import AttentionConfig, build_attention
 from rmaat.errors import ConfigError
 
 KINDS = ("astro", "linear", "softmax")
