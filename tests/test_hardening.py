@@ -244,3 +244,15 @@ def test_retrieval_check_says_what_was_cut(tmp_path):
     result = invoke("data", "check", "--task", "retrieval", "--data-dir", tmp_path)
     assert result.exit_code == 0, result.output
     assert "train       4 examples" in result.output and "5 documents cut to 4096 tokens" in result.output
+
+
+@pytest.mark.parametrize("suffix", ["svg", "png"])
+def test_training_curves_are_byte_reproducible(tmp_path, suffix):
+    """No date, version or random element ids in curves.png/.svg (as the pipeline's other figures)."""
+    from rmaat.train.metrics import plot_curves
+
+    records = [{"step": i, "split": "train", "loss": 1 / i, "accuracy": i / 10} for i in range(1, 9)]
+    first, second = tmp_path / f"a.{suffix}", tmp_path / f"b.{suffix}"
+    plot_curves(records, first)
+    plot_curves(records, second)
+    assert first.read_bytes() == second.read_bytes()

@@ -144,7 +144,10 @@ def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | 
     out_path = Path(out_path)
     fmt = "svg" if out_path.suffix.lower() == ".svg" else "png"
     try:
-        atomic_write(out_path, lambda handle: fig.savefig(handle, format=fmt, dpi=120))
+        # no date or version in the file: the same metrics give the same bytes (as pipelines.figures)
+        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        with matplotlib.rc_context({"svg.hashsalt": "rmaat"}):  # fixed SVG element ids
+            atomic_write(out_path, lambda handle: fig.savefig(handle, format=fmt, dpi=120, metadata=metadata))
     finally:
         plt.close(fig)
     return out_path
