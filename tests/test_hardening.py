@@ -256,3 +256,17 @@ def test_training_curves_are_byte_reproducible(tmp_path, suffix):
     plot_curves(records, first)
     plot_curves(records, second)
     assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize("requested, index", [("cuda", 0), ("auto", 0), ("cuda:1", 1)])
+def test_a_bare_cuda_device_gets_an_index(monkeypatch, requested, index):
+    """`--device cuda` / `auto` on one process: torch.cuda.set_device needs cuda:N (found by
+    reading the CUDA path: it raised ValueError on every GPU). Checked here with CUDA faked."""
+    from rmaat.train import distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(device))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _, device = distributed.init_distributed(requested)
+    assert device == torch.device("cuda", index) and chosen == [device]

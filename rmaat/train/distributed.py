@@ -64,7 +64,9 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
             dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                     timeout=datetime.timedelta(minutes=30))
     else:
-        torch_device = torch.device(("cuda" if device == "auto" else device) if use_cuda else "cpu")
+        # an explicit index: torch.cuda.set_device refuses a bare "cuda" device
+        torch_device = (torch.device(device) if use_cuda and ":" in device
+                        else torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank), torch_device

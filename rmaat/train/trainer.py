@@ -196,6 +196,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # the checkpoint's device chose it: choose again
+                group["fused"] = self.device.type == "cuda"
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint state does not fit this model ({str(error).splitlines()[0]})") from None
