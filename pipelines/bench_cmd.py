@@ -81,7 +81,7 @@ def attention(lengths: str, d_model: int, heads: int, device: str | None, as_jso
 
     values = parse_int_list(lengths, "--lengths")
     if d_model % heads:
-        raise click.BadParameter(f"--heads {heads} must divide --d-model {d_model}", param_hint="--heads")
+        raise click.ClickException(f"--heads {heads} must divide --d-model {d_model}")
     rows = run_attention_bench(lengths=values, d_model=d_model, n_heads=heads, device=device,
                                progress=not as_json)
     _emit(rows, summarise(rows), as_json, "attention")
@@ -110,11 +110,10 @@ def throughput(presets: str, doc_len: int, segments: int, d_model: int, layers: 
     unknown = [p for p in names if p.split(":")[0] not in PRESETS
                or (":" in p and p.split(":")[1] not in ("bptt", "amrb"))]
     if unknown or not names:
-        raise click.BadParameter(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)} (optionally :bptt or :amrb)",
-                                 param_hint="--presets")
+        raise click.ClickException(f"--presets: unknown preset(s) {unknown}; choose from {', '.join(PRESETS)} "
+                                   "(optionally :bptt or :amrb)")
     if doc_len % segments:
-        raise click.BadParameter(f"--doc-len {doc_len} is not divisible by --segments {segments}",
-                                 param_hint="--segments")
+        raise click.ClickException(f"--doc-len {doc_len} is not divisible by --segments {segments}")
     rows = run_throughput_bench(names, doc_len=doc_len, segments=segments, d_model=d_model,
                                 n_layers=layers, batch=batch, rounds=rounds, device=device)
     _emit(rows, summarise(rows), as_json, "throughput")

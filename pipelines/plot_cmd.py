@@ -40,7 +40,7 @@ def _out_options(default_name: str) -> Callable:
 
 def _check_out(out: Path) -> Path:
     if out.suffix.lower() != ".png":
-        raise click.BadParameter(f"{out} must end in .png (use --svg for an SVG copy)", param_hint="--out")
+        raise click.ClickException(f"--out {out} must end in .png (use --svg for an SVG copy)")
     return out
 
 
@@ -138,8 +138,7 @@ def _parse_scales(text: str) -> list[float]:
     try:
         values = sorted({float(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
-                                 param_hint="--scales") from None
+        raise click.ClickException(f"--scales {text!r} is not a comma-separated list of numbers") from None
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise click.BadParameter("give positive, finite scales, e.g. 1,2,5,10", param_hint="--scales")
+        raise click.ClickException("--scales: give positive, finite scales, e.g. 1,2,5,10")
     return values

@@ -39,7 +39,7 @@ def output_path(path: str | os.PathLike) -> Path:
     target = Path(os.path.realpath(Path(path).expanduser()))
     try:
         mode = target.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a new file (its parent is checked by the write)
         return target
     if not stat.S_ISREG(mode):
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"

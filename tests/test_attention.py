@@ -37,8 +37,25 @@ def _grads(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, upstream: t
     {}, {"decay_scale": 0.0, "alpha": 0.5}, {"decay_scale": 10.0, "m_scale": 3.0},
     {"sigmoid_h": True, "decay_scale": 0.3}, {"use_astro": False}])
 def test_fast_equals_reference_outputs_and_gradients(batch, n, lengths, overrides):
+    _assert_fast_equals_reference(batch, n, lengths, overrides)
+
+
+@pytest.mark.parametrize("batch, n, lengths", [(3, 67, [67, 64, 40]), (1, 97, None)])
+@pytest.mark.parametrize("overrides", [
+    {"decay_scale": 0.0, "alpha": 0.5}, {"sigmoid_h": True, "decay_scale": 0.3}, {"decay_scale": 0.05}])
+def test_fast_equals_reference_beyond_the_scan_chunk(batch, n, lengths, overrides):
+    """N > 64, odd: the positional scan runs over several 32-token chunks (positional.DEFAULT_CHUNK)
+    and a ragged last one (67 = 2 x 32 + 3, 97 = 3 x 32 + 1), with padding that ends on a chunk edge
+    (64) and inside a chunk (40). The decay scales keep what crosses a chunk edge above the
+    tolerance (r^32 = 1, 7e-5, 0.2); at the default 2.0 it would be e^-64 and a lost carry invisible."""
+    _assert_fast_equals_reference(batch, n, lengths, overrides)
+
+
+def _assert_fast_equals_reference(batch, n, lengths, overrides):
+    """The chunked O(N) layer equals the literal O(N^2) reference: outputs, and gradients with
+    respect to the input and every parameter."""
     seed = 100 * n + batch + len(overrides)
-    layer = _layer(seed, **overrides)
+    layer = _layer(seed, seq_len=max(16, n), **overrides)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, n, 8, generator=gen, dtype=torch.float64, requires_grad=True)
     mask = None if lengths is None else _mask(lengths, n)

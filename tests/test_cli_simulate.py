@@ -1,7 +1,7 @@
 """`pipeline simulate` through click's test runner, with the simulator replaced by a fake.
 
-Every bad input must give one `Error:` line, a non-zero exit status, no simulation and
-no file.
+Every bad input must give one `Error:` line, exit status 1 (click's SystemExit, not a crash),
+no simulation and no file.
 """
 
 import json
@@ -129,7 +129,11 @@ def test_bad_input_one_line_nothing_written(fake, tmp_path, args, message):
 
 
 def _assert_refused(result, message, fake, tmp_path, files_before):
-    assert result.exit_code != 0
+    """A user error: click's SystemExit with the documented status 1 (a crash would leave its own
+    exception in result.exception, with the traceback captured, not printed), one `Error:` line,
+    no simulation and no file."""
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert message in lines[0]

@@ -10,6 +10,12 @@ def run(*args: str):
     return CliRunner().invoke(cli, ["data", *args])
 
 
+def _user_error(result) -> bool:
+    """Exit status 1 through click's SystemExit: a user error. Status 1 alone is not enough, as
+    CliRunner also reports 1 for a crash (its exception, not SystemExit, is then result.exception)."""
+    return result.exit_code == 1 and isinstance(result.exception, SystemExit)
+
+
 def test_generate_listops_then_check(tmp_path):
     out = tmp_path / "d"
     result = run("generate", "--task", "listops", "--out", str(out), "--size", "30", "--seed", "2")
@@ -29,7 +35,7 @@ def test_generate_refuses_non_empty_output_unless_forced(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("user file")
     result = run("generate", "--task", "listops", "--out", str(out), "--size", "5")
-    assert result.exit_code == 1 and "is not empty; pass --force" in result.output
+    assert _user_error(result) and "is not empty; pass --force" in result.output
     assert (out / "keep.txt").exists()
 
     result = run("generate", "--task", "listops", "--out", str(out), "--size", "5", "--force")
@@ -51,23 +57,23 @@ def test_generate_pathfinder_is_deterministic(tmp_path):
 
 def test_generate_bad_requests(tmp_path):
     result = run("generate", "--task", "text", "--out", str(tmp_path / "t"))
-    assert result.exit_code == 1
+    assert _user_error(result)
     assert "is not generated" in result.output and "aclImdb" in result.output
     result = run("generate", "--task", "sudoku", "--out", str(tmp_path / "t"))
-    assert result.exit_code == 1 and "unknown task 'sudoku'" in result.output
+    assert _user_error(result) and "unknown task 'sudoku'" in result.output
     result = run("generate", "--task", "pathfinder", "--out", str(tmp_path / "t"), "--size", "3")
-    assert result.exit_code == 1 and "too small" in result.output
+    assert _user_error(result) and "too small" in result.output
     assert not (tmp_path / "t").exists()
 
 
 def test_check_reports_missing_data_with_instructions(tmp_path):
     result = run("check", "--task", "retrieval", "--data-dir", str(tmp_path))
-    assert result.exit_code == 1
+    assert _user_error(result)
     assert "tsv_data/new_aan_pairs.train.tsv" in result.output and "lra_release.gz" in result.output
     assert result.output.rstrip().endswith("INVALID")
 
     result = run("check", "--task", "pathfinder", "--data-dir", str(tmp_path / "none"))
-    assert result.exit_code == 1 and "pipeline data generate --task pathfinder" in result.output
+    assert _user_error(result) and "pipeline data generate --task pathfinder" in result.output
 
 
 def test_check_reports_a_malformed_split_and_the_good_ones(tmp_path):
@@ -75,7 +81,7 @@ def test_check_reports_a_malformed_split_and_the_good_ones(tmp_path):
     folder = write_listops(tmp_path)
     (folder / "basic_val.tsv").write_text("Source\tTarget\n( [SM 1 ) ] )\tx\n")
     result = run("check", "--task", "listops", "--data-dir", str(tmp_path))
-    assert result.exit_code == 1
+    assert _user_error(result)
     assert "train       3 examples" in result.output
     assert "basic_val.tsv:2: Target 'x' is not an integer" in result.output
 

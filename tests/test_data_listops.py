@@ -150,11 +150,13 @@ def test_cli_length_bounds(tmp_path):
     assert json.loads((out / "listops-1000" / GENERATION_FILE).read_text())["rules"]["max_length"] == 250
 
     bad = _generate("--out", str(tmp_path / "e"), "--size", "20", "--min-length", "300", "--max-length", "200")
-    assert bad.exit_code == 1 and "max_length (200) must be at least min_length + 2" in bad.output
+    assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit)  # a user error, not a crash
+    assert "max_length (200) must be at least min_length + 2" in bad.output
     assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
     bad = CliRunner().invoke(cli, ["data", "generate", "--task", "pathfinder", "--out", str(tmp_path / "p"),
                                    "--size", "10", "--max-length", "50"])
-    assert bad.exit_code == 1 and "listops only" in bad.output and not (tmp_path / "p").exists()
+    assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit)
+    assert "listops only" in bad.output and not (tmp_path / "p").exists()
 
 
 def test_generate_writes_official_layout_and_loads(tmp_path):

@@ -270,3 +270,13 @@ def test_a_bare_cuda_device_gets_an_index(monkeypatch, requested, index):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     _, device = distributed.init_distributed(requested)
     assert device == torch.device("cuda", index) and chosen == [device]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["plot", "fit", "--out", "figure.txt"], "must end in .png"),
+    (["plot", "decay", "--scales", "1,x"], "is not a comma-separated list"),
+    (["plot", "decay", "--scales", "0,2"], "positive, finite scales"),
+])
+def test_plot_option_errors_are_one_line_with_status_1(args, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    user_error(invoke(*args), fragment)

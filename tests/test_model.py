@@ -269,13 +269,14 @@ def test_other_user_errors():
 
 
 def test_config_round_trip_and_messages_are_one_line():
+    """A config survives to_dict/from_dict, and an impossible replace() raises a one-line
+    ConfigError that names the problem and the fix (not some other error, and not silently)."""
     cfg = get_preset("rmaat").replace(seq_len=64, n_segments=8)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.segment_len == 8
-    try:
+    with pytest.raises(ConfigError, match=r"seq_len=65 is not divisible into n_segments=8") as err:
         cfg.replace(seq_len=65)
-    except ConfigError as err:
-        assert "\n" not in str(err)
+    assert "\n" not in str(err.value) and "e.g. 72" in str(err.value)
 
 
 def test_config_module_does_not_import_torch():

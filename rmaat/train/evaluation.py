@@ -47,7 +47,9 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, *, batch_size: int,
     model.eval()
     limit = None if max_batches is None else max_batches * batch_size * info.world_size
     sampler = ShardSampler(len(dataset), info.rank, info.world_size, limit)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    # its own generator: a DataLoader without one draws its base seed from the global torch RNG
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                        generator=torch.Generator())
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     label_counts = torch.zeros(n_classes, dtype=torch.float64, device=device)
     groups = group_ids(dataset, by)
