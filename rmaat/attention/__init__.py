@@ -17,6 +17,11 @@ _EXPORTS = {
     "SoftmaxAttention": "rmaat.attention.softmax",
     "decay_apply": "rmaat.attention.positional",
     "decay_matrix": "rmaat.attention.positional",
+    "CausalAstromorphicAttention": "rmaat.attention.causal",
+    "CausalLinearAttention": "rmaat.attention.causal",
+    "CausalSoftmaxAttention": "rmaat.attention.causal",
+    "CausalState": "rmaat.attention.causal",
+    "build_causal_attention": "rmaat.attention.causal",
 }
 
 __all__ = sorted(_EXPORTS)
