@@ -99,9 +99,13 @@ def attention(lengths: str, d_model: int, heads: int, device: str | None, as_jso
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1), help="Examples per step.")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Timed steps per preset.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Also time a torch.compile'd twin (NAME+compiled) of every preset; compile time apart.")
+@click.option("--compile-mode", default=None, type=click.Choice(["default", "max-autotune-no-cudagraphs"]),
+              help="torch.compile mode of the compiled twins (with --compile).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the raw rows.")
 def throughput(presets: str, doc_len: int, segments: int, d_model: int, layers: int, batch: int,
-               rounds: int, device: str | None, as_json: bool) -> None:
+               rounds: int, device: str | None, compile_: bool, compile_mode: str | None, as_json: bool) -> None:
     """Training tokens/s and peak memory of presets at equal size, timed in rotating rounds."""
     from rmaat.benchmarks.throughput_bench import run_throughput_bench, summarise
     from rmaat.config import PRESETS
@@ -114,6 +118,9 @@ def throughput(presets: str, doc_len: int, segments: int, d_model: int, layers: 
                                    "(optionally :bptt or :amrb)")
     if doc_len % segments:
         raise click.ClickException(f"--doc-len {doc_len} is not divisible by --segments {segments}")
+    if compile_mode is not None and not compile_:
+        raise click.ClickException("--compile-mode needs --compile")
     rows = run_throughput_bench(names, doc_len=doc_len, segments=segments, d_model=d_model,
-                                n_layers=layers, batch=batch, rounds=rounds, device=device)
+                                n_layers=layers, batch=batch, rounds=rounds, device=device,
+                                compile=compile_, compile_mode=compile_mode)
     _emit(rows, summarise(rows), as_json, "throughput")

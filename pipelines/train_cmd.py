@@ -34,6 +34,7 @@ OPTION_KEYS: dict[str, str] = {
     "seed": "train.seed",
     "eval_every": "train.eval_every",
     "init_from": "train.init_from",
+    "compile": "train.compile",
 }
 
 
@@ -96,9 +97,12 @@ def resolve_config(task: str | None, config_path: str | None, run_dir: str | Non
 @click.option("--force", is_flag=True, help="Overwrite the artefacts of a previous run in --run-dir.")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
               help="Any other config field, e.g. train.grad_accum=4 or model.n_mem=4 (repeatable).")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the encoder blocks (train.compile; how, not what, is trained).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segments, seq_len, d_model, layers,
-          data_dir, run_dir, device, seed, eval_every, init_from, resume, force, set_items, no_progress) -> None:
+          data_dir, run_dir, device, seed, eval_every, init_from, resume, force, set_items, compile_,
+          no_progress) -> None:
     """Train a model on an LRA task; prints test accuracy against the majority-class baseline.
 
     Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/{last,best}.pt,
@@ -113,7 +117,7 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
         raise ConfigError("--resume needs the --run-dir of the run to continue")
     options = dict(preset=preset, backprop=backprop, max_steps=max_steps, batch_size=batch_size, lr=lr,
                    segments=segments, seq_len=seq_len, d_model=d_model, layers=layers, data_dir=data_dir,
-                   device=device, seed=seed, eval_every=eval_every,
+                   device=device, seed=seed, eval_every=eval_every, compile=compile_,
                    init_from=None if init_from is None else str(Path(init_from).resolve()))
     config = resolve_config(task, config_path, run_dir, resume, options, set_items)
 

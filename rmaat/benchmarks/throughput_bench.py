@@ -8,7 +8,14 @@ between rounds so machine noise hits all alike. Reported figures are ratios with
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the exact live-tensor count of
 ``memory_bench.live_tensor_counter`` (every tensor created during the step, while it is alive).
-"""
+
+``compile=True`` adds a compiled twin ``NAME+compiled`` of every preset (same seed, same
+weights, ``rmaat.compile.compile_model``), timed in the same rotating rounds as the eager
+models. Its first step, which pays the compilation, is timed on its own: ``compile_seconds``
+= first step - steady-state step (about 0 for a twin whose graphs an earlier twin compiled, e.g.
+rmaat:bptt after rmaat: the blocks are the same). On CPU a compiled twin's peak memory is not
+measured (the live-tensor counter is a dispatch mode, under which the compiled step would
+recompile)."""
 
 from __future__ import annotations
 
@@ -21,10 +28,13 @@ import torch
 
 from rmaat.amrb import train_step
 from rmaat.benchmarks.memory_bench import live_tensor_counter
+from rmaat.compile import compile_model
 from rmaat.model import build_model
 
 #: Preset -> the training mode it is compared in (its own default: AMRB for RMAAT, BPTT for RMT).
 DEFAULT_PRESETS: tuple[str, ...] = ("rmaat", "rmt", "transformer")
+#: Suffix of the compiled twin of a preset in rows and summaries.
+COMPILED = "+compiled"
 
 
 def _model_and_batch(preset: str, doc_len: int, segments: int, d_model: int, n_layers: int,
@@ -74,39 +84,66 @@ def _timed(step, device: torch.device) -> float:
 def run_throughput_bench(presets: Sequence[str] = DEFAULT_PRESETS, doc_len: int = 4096, segments: int = 8,
                          d_model: int = 128, n_layers: int = 2, batch: int = 1, rounds: int = 3,
                          device: str | None = None, threads: int | None = 1,
-                         seed: int = 0) -> list[dict[str, Any]]:
-    """One row per preset ("name" or "name:bptt|amrb" to force a training mode): {"preset", "backprop", "tokens", "step_seconds", "tokens_per_s",
-    "peak_bytes", "method"}; tokens = 2 * doc_len * batch (both documents)."""
+                         seed: int = 0, compile: bool = False, compile_mode: str | None = None
+                         ) -> list[dict[str, Any]]:
+    """One row per preset ("name" or "name:bptt|amrb" to force a training mode), and with
+    `compile` one more per preset ("name+compiled"): {"preset", "backprop", "compiled", "tokens",
+    "step_seconds", "tokens_per_s", "peak_bytes", "compile_seconds", "method", "device"};
+    tokens = 2 * doc_len * batch (both documents)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads is not None and dev.type == "cpu":
         torch.set_num_threads(threads)
-    built = {p: _model_and_batch(p.split(":")[0], doc_len, segments, d_model, n_layers, batch, dev, seed)
-             for p in presets}
+    names = list(presets) + ([p + COMPILED for p in presets] if compile else [])
+    built = {}
+    for name in names:
+        p = name.removesuffix(COMPILED)
+        built[name] = _model_and_batch(p.split(":")[0], doc_len, segments, d_model, n_layers, batch, dev, seed)
+        if name.endswith(COMPILED):
+            compile_model(built[name][0], mode=compile_mode)
     autocast = torch.bfloat16 if dev.type == "cuda" else None
-    modes = {p: (p.split(":")[1] if ":" in p else None) for p in presets}  # None: the preset's own mode
-    steps = {p: (lambda m=m, d=d, o=o, b=modes[p]: train_step(m, d, o, backprop=b, autocast_dtype=autocast))
-             for p, (m, d, o) in built.items()}
-    peaks = {p: _peak_bytes(step, dev) for p, step in steps.items()}  # doubles as the warm-up step
-    times: dict[str, list[float]] = {p: [] for p in presets}
+    modes = {n: (n.removesuffix(COMPILED).split(":")[1] if ":" in n else None) for n in names}  # None: own mode
+    steps = {n: (lambda m=m, d=d, o=o, b=modes[n]: train_step(m, d, o, backprop=b, autocast_dtype=autocast))
+             for n, (m, d, o) in built.items()}
+    first = {n: _timed(steps[n], dev) for n in names if n.endswith(COMPILED)}  # compile + one step
+    # the eager warm-up step doubles as the memory step; a compiled step under the CPU counter
+    # (a dispatch mode) would recompile, so compiled twins are measured on CUDA only
+    peaks = {n: (_peak_bytes(step, dev) if dev.type == "cuda" or n not in first else None)
+             for n, step in steps.items()}
+    times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = list(presets[r % len(presets):]) + list(presets[:r % len(presets)])
-        for p in order:
-            times[p].append(_timed(steps[p], dev))
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            times[n].append(_timed(steps[n], dev))
     tokens = 2 * doc_len * batch
     method = ("torch.cuda.max_memory_allocated" if dev.type == "cuda"
               else "exact live-tensor bytes during one step (TorchDispatchMode)")
     rows = []
-    for p in presets:
-        seconds = statistics.median(times[p])
-        cfg = built[p][0].cfg
-        rows.append({"preset": p, "backprop": (modes[p] or cfg.backprop) if cfg.recurrent else "none", "tokens": tokens, "step_seconds": seconds,
-                     "tokens_per_s": tokens / seconds, "peak_bytes": peaks[p], "method": method,
+    for n in names:
+        seconds = statistics.median(times[n])
+        cfg = built[n][0].cfg
+        rows.append({"preset": n, "backprop": (modes[n] or cfg.backprop) if cfg.recurrent else "none",
+                     "compiled": n in first, "tokens": tokens, "step_seconds": seconds,
+                     "tokens_per_s": tokens / seconds, "peak_bytes": peaks[n],
+                     "compile_seconds": max(first[n] - seconds, 0.0) if n in first else None, "method": method,
                      "device": str(dev)})
     return rows
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Throughput and memory of each preset relative to RMT (the paper's reference)."""
+    """Throughput and memory of each preset relative to eager RMT (the paper's reference); when
+    compiled twins were measured, also each twin relative to its eager preset (`compiled_vs_eager`)
+    and its compile time."""
     ref = next((r for r in rows if r["preset"] == "rmt"), rows[0])
-    return [{"preset": r["preset"], "throughput_vs_" + ref["preset"]: r["tokens_per_s"] / ref["tokens_per_s"],
-             "memory_vs_" + ref["preset"]: r["peak_bytes"] / ref["peak_bytes"]} for r in rows]
+    eager = {r["preset"]: r for r in rows if not r.get("compiled")}
+    any_compiled = any(r.get("compiled") for r in rows)
+    out = []
+    for r in rows:
+        entry = {"preset": r["preset"], "throughput_vs_" + ref["preset"]: r["tokens_per_s"] / ref["tokens_per_s"],
+                 "memory_vs_" + ref["preset"]: (None if r["peak_bytes"] is None
+                                                else r["peak_bytes"] / ref["peak_bytes"])}
+        if any_compiled:
+            twin = eager.get(r["preset"].removesuffix(COMPILED)) if r.get("compiled") else None
+            entry["compiled_vs_eager"] = None if twin is None else r["tokens_per_s"] / twin["tokens_per_s"]
+            entry["compile_seconds"] = r.get("compile_seconds")
+        out.append(entry)
+    return out

@@ -49,6 +49,7 @@ RUNTIME_KEYS: frozenset[str] = frozenset({
     "train.save_every",
     "train.log_every",
     "train.stop_after",
+    "train.compile",
 })
 
 BACKPROP_MODES = ("amrb", "bptt")
@@ -137,6 +138,9 @@ class TrainSection:
     images; the summary's ``n_test`` says how many examples were scored).
     ``stop_after`` ends this session after that many optimiser steps, saving a checkpoint
     (e.g. to fit a cluster time limit); ``--resume`` continues to ``max_steps``.
+    ``compile`` runs the encoder blocks through ``torch.compile`` (``rmaat.compile``): how, not
+    what, is trained (same numerics within float reassociation), so it is a runtime key and a
+    resumed run may switch it.
     ``init_from`` starts from the weights of another run's checkpoint (a curriculum over the
     segment count, as RMT and BABILong train): every parameter is taken from it, and the
     retention factors stay this run's RF(., T). Optimiser and schedule start afresh.
@@ -155,6 +159,7 @@ class TrainSection:
     precision: str = "auto"
     stop_after: int | None = None
     init_from: str | None = None
+    compile: bool = False
 
 
 @dataclass

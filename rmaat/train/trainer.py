@@ -140,6 +140,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # same on every rank (dropout masks alike, see checkpoint.py)
         np.random.seed(cfg.train.seed)
         self.model.to(device)
+        if cfg.train.compile:  # in place: parameter names, checkpoints and DDP see the same model
+            from rmaat.compile import compile_model
+
+            compile_model(self.model)
         self.module = self.model
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
