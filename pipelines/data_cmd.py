@@ -105,13 +105,9 @@ def generate(task: str, out: Path, size: int | None, seed: int, min_length: int 
     size = DEFAULT_SIZES[task] if size is None else size
     if size < MIN_SIZES[task]:
         raise ConfigError(f"--size {size} is too small for {task}; give at least {MIN_SIZES[task]}")
-    out = out.expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out {out} is not empty; pass --force to replace it "
-                          "or choose another directory")
-    from rmaat.data.generate import generate_task
+    from rmaat.data.generate import check_out_dir, generate_task
+
+    out = check_out_dir(out, force)
 
     start = time.perf_counter()
     sizes = generate_task(task, out, size=size, seed=seed, progress=sys.stderr.isatty(), **options)
@@ -179,10 +175,11 @@ def fetch(task: str, out: Path, url: str | None, md5: str | None, sha256: str | 
     folder is unpacked, into a temporary directory beside --out that is checked like
     `pipeline data check` and then renamed into place: --out never holds a partial data set.
     """
-    from rmaat.data.fetch import check_out, fetch_task, resolve_source
+    from rmaat.data.fetch import fetch_task, resolve_source
+    from rmaat.data.generate import check_out_dir
 
     source = resolve_source(task, url, md5, sha256)
-    out = check_out(out, force)  # before a long download
+    out = check_out_dir(out, force)  # before a long download
     if source.known_hash is None:
         click.echo(f"warning: the download is unverified ({source.archive.title} has no published "
                    "hash); pass --md5 or --sha256 to check it", err=True)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from rmaat.attention.config import AttentionConfig
-from rmaat.attention.linear import MultiHeadProjections, accumulation_dtype, phi
+from rmaat.attention.linear import MultiHeadProjections, accumulation_dtype, feature_maps, phi
 from rmaat.attention.positional import decay_apply, decay_matrix
 from rmaat.errors import ConfigError
 
@@ -91,10 +91,7 @@ class AstromorphicAttention(MultiHeadProjections):
         # The whole kernel runs in float32 (or wider), autocast or not: its sums over N tokens
         # overflow fp16 and the normaliser must be float32. Only the projections use autocast.
         with torch.autocast(device_type=q.device.type, enabled=False):
-            phi_q, phi_k, v = phi(q.to(acc)), phi(k.to(acc)), v.to(acc)  # (B, H, N, dh)
-            if key_mask is not None:
-                keep = key_mask[:, None, :, None].to(acc)                 # (B, 1, N, 1)
-                phi_k, v = phi_k * keep, v * keep                         # padded keys out of H AND g
+            phi_q, phi_k, v = feature_maps(q, k, v, key_mask)            # (B, H, N, dh); padded keys out of H AND g
             # Write
             h = torch.einsum("bhnk,bhnv->bhkv", phi_k, v)                 # (B, H, dh, dh) m * H_neuron
             if cfg.use_astro:

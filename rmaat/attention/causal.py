@@ -56,7 +56,7 @@ from torch import nn
 
 from rmaat.attention.astromorphic import AstromorphicAttention
 from rmaat.attention.config import AttentionConfig
-from rmaat.attention.linear import MultiHeadProjections, accumulation_dtype, phi
+from rmaat.attention.linear import MultiHeadProjections, accumulation_dtype, feature_maps, phi
 from rmaat.attention.positional import causal_decay_scan, decay_matrix
 from rmaat.errors import ConfigError
 
@@ -195,10 +195,7 @@ class CausalAstromorphicAttention(AstromorphicAttention):
         acc = accumulation_dtype(q.dtype)
         # float32 or wider, autocast or not: S and z are sums over many tokens (as non-causal)
         with torch.autocast(device_type=q.device.type, enabled=False):
-            phi_q, phi_k, v = phi(q.to(acc)), phi(k.to(acc)), v.to(acc)  # (B, H, N, d)
-            if key_mask is not None:
-                keep = key_mask[:, None, :, None].to(acc)                 # (B, 1, N, 1)
-                phi_k, v = phi_k * keep, v * keep                         # padded keys out of S AND z
+            phi_q, phi_k, v = feature_maps(q, k, v, key_mask)            # (B, H, N, d); padded keys out of S AND z
             phi_r = None
             if cfg.use_astro:
                 phi_r = phi(self.positional_keys(n, key_mask).to(acc)).transpose(-1, -2)  # (B|., H, N, d)

@@ -45,6 +45,20 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def feature_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """phi(q), phi(k), v in the accumulation dtype, with padded keys zeroed in phi(k) AND v (so
+    they leave every sum: numerator and normaliser). Call inside autocast(enabled=False).
+
+    q, k, v: (B, H, N, d); key_mask: (B, N), True = real token, or None."""
+    acc = accumulation_dtype(q.dtype)
+    phi_q, phi_k, v = phi(q.to(acc)), phi(k.to(acc)), v.to(acc)  # (B, H, N, d)
+    if key_mask is not None:
+        keep = key_mask[:, None, :, None].to(acc)                 # (B, 1, N, 1)
+        phi_k, v = phi_k * keep, v * keep
+    return phi_q, phi_k, v
+
+
 class MultiHeadProjections(nn.Module):
     """Q/K/V and output projections, head split/merge and padding handling shared by all kinds.
 
@@ -89,13 +103,9 @@ class LinearAttention(MultiHeadProjections):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                key_mask: torch.Tensor | None) -> torch.Tensor:
-        acc = accumulation_dtype(q.dtype)
         # the kernel in float32 (or wider), autocast or not: sums over N tokens overflow fp16
         with torch.autocast(device_type=q.device.type, enabled=False):
-            phi_q, phi_k, v = phi(q.to(acc)), phi(k.to(acc)), v.to(acc)  # (B, H, N, dh)
-            if key_mask is not None:
-                keep = key_mask[:, None, :, None].to(acc)                 # (B, 1, N, 1)
-                phi_k, v = phi_k * keep, v * keep
+            phi_q, phi_k, v = feature_maps(q, k, v, key_mask)            # (B, H, N, dh)
             kv = torch.einsum("bhnk,bhnv->bhkv", phi_k, v)                # (B, H, dh, dh)
             k_sum = phi_k.sum(dim=2)                                      # (B, H, dh)
             den = torch.einsum("bhnk,bhk->bhn", phi_q, k_sum)             # (B, H, N)

@@ -32,7 +32,7 @@ from typing import BinaryIO, Callable
 from urllib.parse import urlparse
 
 from rmaat.data.check import CheckReport, check_task
-from rmaat.data.generate import replace_dir
+from rmaat.data.generate import check_out_dir, replace_dir
 from rmaat.data.tasks import LRA_RELEASE_URL, get_task
 from rmaat.errors import ConfigError, DataError
 
@@ -302,17 +302,6 @@ def unpack_folder(archive_path: Path, folder: str, dest: Path, *, name: str | No
     return n_files
 
 
-def check_out(out: Path, force: bool) -> Path:
-    """Refuse an ``--out`` that is a file, or a non-empty directory without ``force``."""
-    out = out.expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out {out} is not empty; pass --force to replace it "
-                          "or choose another directory")
-    return out
-
-
 def fetch_task(task: str, out: Path, source: Source, *, cache_dir: str | Path | None = None,
                force: bool = False, progress: bool = False,
                echo: Callable[[str], None] = lambda line: None) -> FetchResult:
@@ -322,7 +311,7 @@ def fetch_task(task: str, out: Path, source: Source, *, cache_dir: str | Path | 
     left as it was when anything fails. ``echo`` receives progress lines.
     """
     spec = get_task(task)
-    out = check_out(out, force)
+    out = check_out_dir(out, force)
     echo(f"download: {source.url}")
     archive_path, downloaded = download(source, cache_dir, progress=progress)
     checked = f"{source.known_hash.split(':')[0]} checked" if source.known_hash else "unverified"

@@ -57,3 +57,15 @@ def generate_task(task: str, out: Path, *, size: int, seed: int, progress: bool 
         if tmp.exists():
             shutil.rmtree(tmp)
     return sizes
+
+
+def check_out_dir(out: Path, force: bool) -> Path:
+    """``--out`` of a data command, expanded: refuse a file, or a non-empty directory without ``force``
+    (checked before any work, so a long generation or download never ends in this error)."""
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} is not empty; pass --force to replace it "
+                          "or choose another directory")
+    return out
