@@ -68,20 +68,21 @@ def depth_table(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, dict[i
 def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
     """The results table (and the by-depth table) as markdown."""
     summaries = point_summaries(exp, rows)
-    majority = [r["majority_baseline"] for r in rows if r["majority_baseline"] is not None]
     lines = [f"### `{exp.name}` ({exp.scale} scale, task {exp.task})", "", exp.question.strip(), "",
-             f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`"
-             + (f"; majority-class baseline {sum(majority) / len(majority):.3f}" if majority else "") + ".", "",
-             "| grid point | mean ± std | n | 95% CI | paper |", "|---|---|---|---|---|"]
+             f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`.", "",
+             "| grid point | mean ± std | n | 95% CI | majority class | paper |", "|---|---|---|---|---|---|"]
     for label, _, _ in exp.result_rows():
         s = summaries.get(label)
         paper = exp.paper.get(label)
         paper_text = "–" if paper is None else f"{paper}"
         if s is None:
-            lines.append(f"| {label} | not run | 0 | – | {paper_text} |")
+            lines.append(f"| {label} | not run | 0 | – | – | {paper_text} |")
             continue
+        # per row: the points of one experiment may train on different tasks (lra_shapes)
+        own = [r["majority_baseline"] for r in rows if r["point"] == label and r["majority_baseline"] is not None]
         lines.append(f"| {label} | {_fmt(s.mean)} ± {_fmt(s.std)} | {s.n} | "
-                     f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] | {paper_text} |")
+                     f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] | {_fmt(sum(own) / len(own) if own else None)} | "
+                     f"{paper_text} |")
     depths = depth_table(exp, rows)
     if depths:
         segments = sorted({d for cells in depths.values() for d in cells})
@@ -109,7 +110,8 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
     else:
         _bars(ax, summaries, rows)
     majority = [r["majority_baseline"] for r in rows if r["majority_baseline"] is not None]
-    baseline = sum(majority) / len(majority) if majority else None
+    # one dashed line only when every point shares it (not across lra_shapes' five tasks)
+    baseline = sum(majority) / len(majority) if majority and max(majority) - min(majority) < 0.05 else None
     if baseline is not None:
         ax.axhline(baseline, ls="--", color="gray", lw=1, label="majority class")
         ax.legend(fontsize=8)
