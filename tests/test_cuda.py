@@ -28,7 +28,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +36,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from test_train_ddp import _free_port, _write_listops as write_listops  # tiny LRA-layout ListOps, a free port
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -187,16 +188,6 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def write_listops(root: Path, n=(32, 8, 8)) -> Path:
-    """A tiny ListOps set in LRA's layout: [MAX a b ] rows (a data dir for `pipeline train`)."""
-    folder = root / "listops-1000"
-    folder.mkdir(parents=True)
-    for split, count in zip(("train", "val", "test"), n):
-        rows = [f"[MAX {i % 10} {(3 * i) % 10} ]\t{max(i % 10, (3 * i) % 10)}" for i in range(count)]
-        (folder / f"basic_{split}.tsv").write_text("Source\tTarget\n" + "\n".join(rows) + "\n")
-    return root
-
-
 #: A tiny RMAAT run: 2 segments of 16 tokens, 6 steps, logs at 2/4/6, validation at 3.
 TINY_RUN = ["--task", "listops", "--seq-len", 16 * 2, "--segments", 2, "--d-model", 32, "--layers", 1,
             "--set", "model.d_ff=64", "--set", "model.n_heads=2", "--max-steps", 6, "--batch-size", 8,
@@ -206,12 +197,6 @@ TINY_RUN = ["--task", "listops", "--seq-len", 16 * 2, "--segments", 2, "--d-mode
 @pytest.fixture(scope="module")
 def listops_dir(tmp_path_factory):
     return write_listops(tmp_path_factory.mktemp("listops"))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun_env() -> dict[str, str]:
