@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, str] = {
     "data": "pipelines.data_cmd:data",
     "train": "pipelines.train_cmd:train",
     "evaluate": "pipelines.train_cmd:evaluate",
+    "generate": "pipelines.generate_cmd:generate",
     "bench": "pipelines.bench_cmd:bench",
     "plot": "pipelines.plot_cmd:plot",
     "experiment": "pipelines.experiment_cmd:experiment",

@@ -72,7 +72,7 @@ def resolve_config(task: str | None, config_path: str | None, run_dir: str | Non
 
 @click.command()
 @click.option("--task", default=None, help="listops, text, retrieval, image, pathfinder; stand-ins fashion_mnist, "
-                                           "babi_qa1, babi_qa2, kjv_text, kjv_match.")
+                                           "babi_qa1, babi_qa2, kjv_text, kjv_match; kjv_lm (byte LM).")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="A run-config YAML to start from instead of the task's packaged one.")
 @click.option("--preset", default=None, help="rmaat (default), rmt, rlt, at or transformer.")
@@ -103,7 +103,8 @@ def resolve_config(task: str | None, config_path: str | None, run_dir: str | Non
 def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segments, seq_len, d_model, layers,
           data_dir, run_dir, device, seed, eval_every, init_from, resume, force, set_items, compile_,
           no_progress) -> None:
-    """Train a model on an LRA task; prints test accuracy against the majority-class baseline.
+    """Train a model on an LRA task; prints test accuracy against the majority-class baseline
+    (kjv_lm: test bits per byte against a unigram byte baseline).
 
     Writes RUN_DIR/{config.yaml, metrics.jsonl, tensorboard/, checkpoints/{last,best}.pt,
     summary.json, curves.png}. Ctrl-C saves a checkpoint first; continue with --resume.
@@ -121,8 +122,11 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
                    init_from=None if init_from is None else str(Path(init_from).resolve()))
     config = resolve_config(task, config_path, run_dir, resume, options, set_items)
 
+    from rmaat.data.kjv_lm import is_lm_task
     from rmaat.train.trainer import Trainer, default_run_dir
 
+    if is_lm_task(config.task):
+        from rmaat.train.lm_trainer import LMTrainer as Trainer  # same loop, byte-LM objective
     trainer = Trainer(config, run_dir or default_run_dir(config), resume=resume, force=force,
                       progress=not no_progress, echo=click.echo)
     if trainer.info.is_main:
@@ -143,13 +147,31 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
 @click.option("--segments", type=int, default=None,
               help="Evaluate at T segments of the trained segment length (length generalisation; "
                    "retention factors of the new T). Needs data of that length (--data-dir).")
+@click.option("--stream-bytes", type=int, default=None,
+              help="Byte LMs: read streams of this many bytes with memory carried across all their segments "
+                   "and report bits per byte by position for each retention rule (e.g. 65536).")
+@click.option("--streams", type=int, default=None, help="With --stream-bytes: at most this many streams.")
+@click.option("--figure", default=None,
+              help="With --stream-bytes: write the bpb-by-position figure here (.png or .svg).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, as_json) -> None:
-    """Report a checkpoint's accuracy on a split, next to the majority-class baseline."""
+def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, stream_bytes, streams, figure,
+             as_json) -> None:
+    """Report a checkpoint's accuracy on a split, next to the majority-class baseline
+    (byte LMs: bits per byte next to the unigram byte baseline, or by position with --stream-bytes)."""
     from rmaat.errors import ConfigError
 
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    from rmaat.data.kjv_lm import is_lm_task
+    from rmaat.train.checkpoint import load_checkpoint
+
+    if is_lm_task(load_checkpoint(checkpoint).get("config", {}).get("task", "")):
+        if by is not None or segments is not None:
+            raise ConfigError("--by and --segments are for classifiers; a byte LM takes --stream-bytes for long inputs")
+        _evaluate_lm(checkpoint, split, data_dir, device, batch_size, stream_bytes, streams, figure, as_json)
+        return
+    if stream_bytes is not None or streams is not None or figure is not None:
+        raise ConfigError("--stream-bytes, --streams and --figure are for byte-LM checkpoints (pipeline train --task kjv_lm)")
     from rmaat.train.trainer import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size,
@@ -166,3 +188,41 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, as_j
         from rmaat.train.trainer import format_by_depth
 
         click.echo(format_by_depth(result["by_depth_segment"]))
+
+
+def _evaluate_lm(checkpoint, split, data_dir, device, batch_size, stream_bytes, streams, figure, as_json) -> None:
+    """``pipeline evaluate`` of a byte-LM checkpoint."""
+    from rmaat.errors import ConfigError
+
+    if stream_bytes is None:
+        if streams is not None or figure is not None:
+            raise ConfigError("--streams and --figure need --stream-bytes")
+        from rmaat.train.lm_trainer import evaluate_lm_checkpoint
+
+        r = evaluate_lm_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size)
+        click.echo(json.dumps(r) if as_json else
+                   f"{r['task']} {r['preset']} at step {r['step']}, {r['seq_len']}-byte contexts, {split} split "
+                   f"(n={r['n']:,} bytes): bits/byte {r['bpb']:.4f} vs unigram byte baseline {r['unigram_bpb']:.4f}")
+        return
+    if streams is not None and streams < 1:
+        raise ConfigError(f"--streams must be >= 1, got {streams}")
+    from retention.atomic import output_path
+    from rmaat.train.lm_trainer import stream_evaluate_checkpoint
+
+    figure_path = None if figure is None else output_path(figure)  # a bad path fails before the long pass
+
+    result = stream_evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device,
+                                        stream_bytes=stream_bytes, max_streams=streams)
+    if figure_path is not None:
+        from rmaat.lm_stream import plot_stream
+
+        plot_stream(result, figure_path, f"{result['preset']} (step {result['step']}): bits per byte "
+                                                 f"by position, {split} split")
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    from rmaat.lm_stream import format_stream
+
+    click.echo(format_stream(result))
+    if figure is not None:
+        click.echo(f"figure: {figure}")

@@ -47,16 +47,18 @@ def plot_training_curves(run_dir: str | os.PathLike, path: str | os.PathLike) ->
     The drawing is the trainer's own :func:`rmaat.train.metrics.plot_curves` (the
     ``curves.png`` of every run), so the two never disagree; here the run directory is
     validated first, and a finished run's title and majority-class accuracy (drawn as a
-    baseline) come from its ``summary.json``.
+    baseline) come from its ``summary.json``. A byte-LM run (its records carry ``bpb``) is drawn
+    in bits per byte against its unigram baseline.
     """
     from rmaat.train.metrics import plot_curves  # torch-free module; loads matplotlib only
 
     run = Path(run_dir)
     records = read_metrics(run)
     summary = _read_json(run / "summary.json")
-    baseline = summary.get("majority_baseline")
+    metric = "bpb" if any("bpb" in r for r in records) else "accuracy"
+    baseline = summary.get("unigram_bpb" if metric == "bpb" else "majority_baseline")
     baseline = float(baseline) if isinstance(baseline, (int, float)) and not isinstance(baseline, bool) else None
-    return Path(plot_curves(records, path, title=_run_title(run, summary), baseline=baseline))
+    return Path(plot_curves(records, path, title=_run_title(run, summary), baseline=baseline, metric=metric))
 
 
 def _read_json(path: Path) -> dict:

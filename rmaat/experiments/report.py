@@ -19,6 +19,14 @@ CSV_FIELDS = ("experiment", "scale", "point", "seed", "metric", "value", "test_a
               "majority_baseline", "steps", "wall_time_s", "run_dir", "by_depth")
 
 
+def baseline_label(exp: Experiment) -> str:
+    """What the ``majority_baseline`` column holds: the majority class of a classification task,
+    or the unigram byte model's bits per byte for a language-modelling task."""
+    from rmaat.data.kjv_lm import is_lm_task
+
+    return "unigram bytes" if is_lm_task(exp.task) else "majority class"
+
+
 def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
     """One row per finished run and result stage (a summary.json in the point's last stage, or
     in each named stage), in grid order; ``point`` is the row label."""
@@ -35,7 +43,7 @@ def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
             rows.append({
                 "experiment": exp.name, "scale": exp.scale, "point": label, "seed": seed,
                 "metric": exp.metric, "value": s.get(exp.metric), "test_accuracy": s.get("test_accuracy"),
-                "val_accuracy": s.get("val_accuracy"), "majority_baseline": s.get("majority_baseline"),
+                "val_accuracy": s.get("val_accuracy"), "majority_baseline": s.get("majority_baseline", s.get("unigram_bpb")),
                 "steps": s.get("steps"), "wall_time_s": round(float(s.get("wall_time_s", 0.0)), 1),
                 "run_dir": str(run_dir), "by_depth": json.dumps(s.get("test_accuracy_by_depth") or {}),
             })
@@ -70,7 +78,7 @@ def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
     summaries = point_summaries(exp, rows)
     lines = [f"### `{exp.name}` ({exp.scale} scale, task {exp.task})", "", exp.question.strip(), "",
              f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`.", "",
-             "| grid point | mean ± std | n | 95% CI | majority class | paper |", "|---|---|---|---|---|---|"]
+             f"| grid point | mean ± std | n | 95% CI | {baseline_label(exp)} | paper |", "|---|---|---|---|---|---|"]
     for label, _, _ in exp.result_rows():
         s = summaries.get(label)
         paper = exp.paper.get(label)
@@ -113,7 +121,7 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
     # one dashed line only when every point shares it (not across lra_shapes' five tasks)
     baseline = sum(majority) / len(majority) if majority and max(majority) - min(majority) < 0.05 else None
     if baseline is not None:
-        ax.axhline(baseline, ls="--", color="gray", lw=1, label="majority class")
+        ax.axhline(baseline, ls="--", color="gray", lw=1, label=baseline_label(exp))
         ax.legend(fontsize=8)
     ax.set_ylabel(exp.metric)
     ax.set_title(f"{exp.name} ({exp.scale}): mean, 95% CI, runs")

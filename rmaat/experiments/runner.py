@@ -169,7 +169,9 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train every stage of ``job`` that is not done (in this process); return the final summary."""
     import torch
 
+    from rmaat.data.kjv_lm import is_lm_task
     from rmaat.train.config import RunConfig
+    from rmaat.train.lm_trainer import LMTrainer
     from rmaat.train.trainer import Trainer
 
     torch.set_num_threads(1)
@@ -186,7 +188,8 @@ def run_job(job: Job) -> dict[str, Any]:
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} "
                   + ("resume from checkpoints/last.pt" if state == "partial" else "start"), file=log, flush=True)
-            trainer = Trainer(RunConfig.from_dict(raw), run_dir, resume=state == "partial",
+            trainer_class = LMTrainer if is_lm_task(raw["task"]) else Trainer
+            trainer = trainer_class(RunConfig.from_dict(raw), run_dir, resume=state == "partial",
                               force=state == "new", progress=False,
                               echo=lambda message, err=False: print(message, file=log, flush=True))
             if trainer.fit() is None:

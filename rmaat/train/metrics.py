@@ -108,13 +108,23 @@ def truncate_metrics(path: str | Path, max_step: int,
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | Path, *,
-                title: str | None = None, baseline: float | None = None) -> Path:
-    """Plot loss and accuracy against step for each split; write a PNG (or SVG, by suffix) atomically.
+#: The second panel of :func:`plot_curves`: metric -> (axis label, baseline label).
+CURVE_METRICS: dict[str, tuple[str, str]] = {
+    "accuracy": ("accuracy (fraction correct)", "majority class"),
+    "bpb": ("bits per byte (lower is better)", "unigram bytes"),
+}
 
-    ``metrics``: a metrics.jsonl path, a run directory, or records. ``baseline`` (e.g. the
-    majority-class accuracy of the test split) is drawn as a dashed line on the accuracy panel.
+
+def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | Path, *,
+                title: str | None = None, baseline: float | None = None, metric: str = "accuracy") -> Path:
+    """Plot loss and ``metric`` (accuracy, or bits per byte for language models) against step for
+    each split; write a PNG (or SVG, by suffix) atomically.
+
+    ``metrics``: a metrics.jsonl path, a run directory, or records. ``baseline`` (the majority-class
+    accuracy of the test split, or the unigram bits per byte) is drawn as a dashed line on the
+    metric's panel.
     """
+    metric_label, baseline_label = CURVE_METRICS[metric]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,14 +135,14 @@ def plot_curves(metrics: str | Path | Iterable[dict[str, Any]], out_path: str | 
     styles = {"train": dict(lw=1.0, alpha=0.8), "val": dict(marker="o", ms=3), "test": dict(marker="*", ms=9, ls="")}
     for split, style in styles.items():
         rows = sorted((r for r in records if r.get("split") == split), key=lambda r: r["step"])
-        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        for ax, key in ((ax_loss, "loss"), (ax_acc, metric)):
             points = [(r["step"], r[key]) for r in rows if _finite(r.get(key))]
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, label=split, **style)
     if baseline is not None:
-        ax_acc.axhline(baseline, color="grey", ls="--", lw=1, label="majority class")
-    for ax, label in ((ax_loss, "cross-entropy loss (nats)"), (ax_acc, "accuracy (fraction correct)")):
+        ax_acc.axhline(baseline, color="grey", ls="--", lw=1, label=baseline_label)
+    for ax, label in ((ax_loss, "cross-entropy loss (nats)"), (ax_acc, metric_label)):
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -80,10 +80,11 @@ class Trainer:
     the summary dict, or None when the session stopped early with a checkpoint.
     """
 
+    #: the checkpoint key of the best validation score (higher is better, see :meth:`_score`)
+    SCORE_KEY = "best_val_accuracy"
+
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False,
                  progress: bool = True, echo: Callable[..., None] = click_style_echo):
-        from rmaat.data import get_task
-
         config.validate()
         if config.data.data_dir is not None:  # absolute, so that evaluate and --resume work from anywhere
             data_dir = Path(config.data.data_dir).expanduser()
@@ -98,7 +99,6 @@ class Trainer:
         self._stop_requested = False
         #: why the last :meth:`fit` ended early: "signal" (SIGINT/SIGTERM), "stop_after", or None
         self.stop_reason: str | None = None
-        self.spec = get_task(config.task)
         # The process group comes first, so that every rank has validated everything before
         # rank 0 writes anything (fit() starts with a barrier).
         self.info, self.device = init_distributed(config.train.device)
@@ -108,16 +108,60 @@ class Trainer:
             if resume:
                 self.checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
                 self._check_same_config(self.checkpoint, self.run_dir / "checkpoints" / "last.pt")
-            self.data = load_splits(config, self.spec, ("train", "val", "test"))
             rf = self.checkpoint.get("retention_factors") if self.checkpoint else None
-            # every rank builds the same initial parameters from the run's seed
-            torch.manual_seed(config.train.seed)
-            self.model, self.retention_factors = build_run_model(config, self.spec, rf)
+            self._build(rf)
             if config.train.init_from is not None and not resume:
                 init_weights(self.model, Path(config.train.init_from))
         except BaseException:
             shutdown_distributed()
             raise
+
+    # ------------------------------------------------- what the objective decides (hooks)
+    def _build(self, retention_factors: Any) -> None:
+        """Set ``spec``, ``data`` (the three splits), ``model`` and ``retention_factors``."""
+        from rmaat.data import get_task
+
+        self.spec = get_task(self.config.task)
+        self.data = load_splits(self.config, self.spec, ("train", "val", "test"))
+        torch.manual_seed(self.config.train.seed)  # every rank builds the same initial parameters
+        self.model, self.retention_factors = build_run_model(self.config, self.spec, retention_factors)
+
+    def _train_stream(self, micro_batch: int) -> Any:
+        """The training batches: an object with ``next()``, ``position()`` and ``restore(position)``."""
+        cfg = self.config
+        self.collate = Collate(cfg.data.seq_len, self.spec.pad_id)
+        sampler = ResumableSampler(len(self.data["train"]), seed=cfg.train.seed, rank=self.info.rank,
+                                   world_size=self.info.world_size)
+        return BatchStream(self.data["train"], sampler, micro_batch, self.collate, cfg.data.num_workers,
+                           cfg.train.seed)
+
+    def _micro_step(self, batch: Any, accum: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Forward + backward of one micro-batch (gradients scaled by 1/accum) ->
+        (loss sum, number correct, examples, tokens) for the training log."""
+        labels = batch["label"].to(self.device)
+        with autocast_context(self.device, self.config.train.precision):
+            logits = self.module(**model_inputs(batch, self.device), backprop=self.model.cfg.backprop)
+        loss = F.cross_entropy(logits.float(), labels)
+        (loss / accum).backward()
+        correct = (logits.detach().argmax(-1) == labels).sum()
+        return loss.detach() * labels.numel(), correct, labels.numel(), batch_tokens(batch)
+
+    def _train_record(self, loss_sum: float, correct: float, count: float) -> dict[str, float]:
+        """The objective's part of a training log record from the window's sums."""
+        return {"loss": loss_sum / max(1, count), "accuracy": correct / max(1, count)}
+
+    def _score(self, result: dict[str, Any]) -> float:
+        """The validation score the best checkpoint maximises."""
+        return result["accuracy"]
+
+    def _val_record(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {"loss": result["loss"], "accuracy": result["accuracy"], "n": result["n"]}
+
+    def _start_notes(self) -> None:
+        """Warnings printed once before training (main process)."""
+        if self.config.data.seq_len < self.spec.seq_len and not self.spec.fixed_length:
+            self.echo(f"note: data.seq_len={self.config.data.seq_len} is below the task's length "
+                      f"{self.spec.seq_len}: longer inputs are cut", err=True)
 
     def _check_same_config(self, state: dict[str, Any], path: Path) -> None:
         if int(state.get("world_size", 1)) != self.info.world_size:
@@ -162,12 +206,8 @@ class Trainer:
             self.optimizer,
             lambda s: lr_multiplier(s, t.max_steps, o.warmup, o.schedule, o.min_lr_ratio))
         self.micro_batch = t.batch_size // t.grad_accum
-        self.collate = Collate(cfg.data.seq_len, self.spec.pad_id)
-        sampler = ResumableSampler(len(self.data["train"]), seed=t.seed, rank=info.rank,
-                                   world_size=info.world_size)
-        self.stream = BatchStream(self.data["train"], sampler, self.micro_batch, self.collate,
-                                  cfg.data.num_workers, t.seed)
-        self.step, self.best_val, self.best_step = 0, -1.0, 0
+        self.stream = self._train_stream(self.micro_batch)
+        self.step, self.best_val, self.best_step = 0, -math.inf, 0
         self.elapsed_prev, self.tokens_seen, self.train_time = 0.0, 0, 0.0
         self.window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "tokens": 0.0, "steps": 0.0, "grad_norm": 0.0}
         if self.checkpoint is not None:
@@ -186,7 +226,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": capture_rng_state(),
             "data_position": self.stream.position(),
-            "best_val_accuracy": self.best_val,
+            self.SCORE_KEY: self.best_val,
             "best_step": self.best_step,
             "elapsed_s": self.elapsed_prev + (time.perf_counter() - self.session_start),
             "tokens_seen": self.tokens_seen,
@@ -206,7 +246,7 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint state does not fit this model ({str(error).splitlines()[0]})") from None
         self.step = int(state["step"])
-        self.best_val, self.best_step = float(state["best_val_accuracy"]), int(state["best_step"])
+        self.best_val, self.best_step = float(state[self.SCORE_KEY]), int(state["best_step"])
         self.elapsed_prev, self.tokens_seen = float(state["elapsed_s"]), int(state["tokens_seen"])
         self.train_time = float(state["train_time_s"])
         self.window = {k: float(v) for k, v in state["log_window"].items()}
@@ -233,18 +273,15 @@ class Trainer:
         count = tokens = 0
         for micro in range(accum):
             batch = self.stream.next()
-            labels = batch["label"].to(self.device)
             sync = (contextlib.nullcontext() if not self.info.enabled or micro == accum - 1
-                    else self.module.no_sync())
+                    or not hasattr(self.module, "no_sync") else self.module.no_sync())
             with sync:
-                with autocast_context(self.device, cfg.train.precision):
-                    logits = self.module(**model_inputs(batch, self.device), backprop=self.model.cfg.backprop)
-                loss = F.cross_entropy(logits.float(), labels)
-                (loss / accum).backward()
-            loss_sum += loss.detach() * labels.numel()
-            correct += (logits.detach().argmax(-1) == labels).sum()
-            count += labels.numel()
-            tokens += batch_tokens(batch)
+                step_loss, step_correct, step_count, step_tokens = self._micro_step(batch, accum)
+            loss_sum += step_loss
+            correct += step_correct
+            count += step_count
+            tokens += step_tokens
+        self._sync_gradients()
         # with grad_clip 0 an infinite bound only measures the norm, for the log
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
@@ -261,6 +298,9 @@ class Trainer:
         w["tokens"] += tokens
         w["steps"] += 1
         w["grad_norm"] += float(grad_norm)
+
+    def _sync_gradients(self) -> None:
+        """Average gradients over processes where DDP does not (its wrapper does it in backward)."""
 
     def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Stop before a non-finite loss or gradient reaches the weights (no optimiser step, no
@@ -279,14 +319,13 @@ class Trainer:
         w = self.window
         sums = all_reduce_sum(torch.tensor([w["loss"], w["correct"], w["count"], w["tokens"]],
                                            dtype=torch.float64, device=self.device), self.info).tolist()
-        record = {"step": self.step, "split": "train", "loss": sums[0] / max(1, sums[2]),
-                  "accuracy": sums[1] / max(1, sums[2]), "lr": self.step_lr,
+        record = {"step": self.step, "split": "train", **self._train_record(*sums[:3]), "lr": self.step_lr,
                   "tokens_per_s": sums[3] / max(window_time, 1e-9), "elapsed_s": self.elapsed(),
                   "grad_norm": w["grad_norm"] / max(1.0, w["steps"])}
         self.logger.log(record)
         if bar is not None:
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
-                            tok_s=f"{record['tokens_per_s']:.3g}")
+            shown = {k: f"{record[k]:.3f}" for k in ("loss", "accuracy", "bpb") if k in record}
+            bar.set_postfix(**shown, tok_s=f"{record['tokens_per_s']:.3g}")
         self.window = {k: 0.0 for k in w}
 
     def elapsed(self) -> float:
@@ -300,10 +339,9 @@ class Trainer:
 
     def _validate(self, full: bool) -> dict[str, Any]:
         result = self._evaluate("val", full)
-        self.logger.log({"step": self.step, "split": "val", "loss": result["loss"],
-                         "accuracy": result["accuracy"], "n": result["n"], "elapsed_s": self.elapsed()})
-        if result["accuracy"] > self.best_val:
-            self.best_val, self.best_step = result["accuracy"], self.step
+        self.logger.log({"step": self.step, "split": "val", **self._val_record(result), "elapsed_s": self.elapsed()})
+        if self._score(result) > self.best_val:
+            self.best_val, self.best_step = self._score(result), self.step
             self._save_best()
         return result
 
@@ -333,9 +371,7 @@ class Trainer:
         cfg, info = self.config, self.info
         barrier(info)  # every rank has validated config, data and model
         if info.is_main:
-            if cfg.data.seq_len < self.spec.seq_len and not self.spec.fixed_length:
-                self.echo(f"note: data.seq_len={cfg.data.seq_len} is below the task's length "
-                          f"{self.spec.seq_len}: longer inputs are cut", err=True)
+            self._start_notes()
             if self._force and not self.resume:
                 clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -401,16 +437,8 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> dict[str, Any]:
-        cfg, info = self.config, self.info
-        self._save("last.pt", self._state())  # trained state first: the final evaluation can be long
-        final_val = self._validate(full=True)
-        self._save("last.pt", self._state())
-        digests = gather_objects(parameter_digest(self.model), info)
-        best_path = self.run_dir / "checkpoints" / "best.pt"
-        barrier(info)
-        if self.best_step != self.step:
-            best = load_checkpoint(best_path, map_location=self.device)
-            self.model.load_state_dict(best["model"])
+        cfg = self.config
+        final_val, digests = self._final_validation()
         depth = "depth_segment" if "depth_segment" in getattr(self.data["test"], "metadata", {}) else None
         test = self._evaluate("test", full=True, by=depth)
         self.logger.log({"step": self.step, "split": "test", "loss": test["loss"], "accuracy": test["accuracy"],
@@ -418,16 +446,34 @@ class Trainer:
         summary = run_summary(self, test, final_val)
         if depth is not None:  # memory tasks: accuracy by the segment that holds the supporting fact
             summary["test_accuracy_by_depth"] = test["by_depth_segment"]
-        if info.enabled:
+        self._publish(summary, digests, format_summary(summary), baseline=test["majority_baseline"],
+                      title=f"{self.spec.title}: {cfg.model.preset} ({self.model.cfg.backprop})")
+        return summary
+
+    def _final_validation(self) -> tuple[dict[str, Any], list[str]]:
+        """Save the trained state, validate on the whole split, and load the best checkpoint's
+        weights for the test pass -> (final validation result, every replica's parameter digest)."""
+        self._save("last.pt", self._state())  # trained state first: the final evaluation can be long
+        final_val = self._validate(full=True)
+        self._save("last.pt", self._state())
+        digests = gather_objects(parameter_digest(self.model), self.info)
+        barrier(self.info)
+        if self.best_step != self.step:
+            best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
+            self.model.load_state_dict(best["model"])
+        return final_val, digests
+
+    def _publish(self, summary: dict[str, Any], digests: list[str], report: str, *, baseline: float,
+                 title: str, metric: str = "accuracy") -> None:
+        """Write summary.json and curves.png and print ``report`` (main process)."""
+        if self.info.enabled:
             summary["replica_param_sha256"] = digests
             summary["replicas_identical"] = len(set(digests)) == 1
-        if info.is_main:
+        if self.info.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
             self.logger.flush()
-            plot_curves(self.logger.path, self.run_dir / "curves.png", baseline=test["majority_baseline"],
-                        title=f"{self.spec.title}: {cfg.model.preset} ({self.model.cfg.backprop})")
-            self.echo(format_summary(summary))
-        return summary
+            plot_curves(self.logger.path, self.run_dir / "curves.png", baseline=baseline, title=title, metric=metric)
+            self.echo(report)
 
     # ---------------------------------------------------------------------- signals
     def _install_signal_handlers(self) -> dict[int, Any]:

@@ -1,0 +1,46 @@
+"""``pipeline generate``: continue a prompt with a trained byte LM, streaming.
+
+    pipeline generate --checkpoint runs/lm/checkpoints/best.pt --prompt "In the beginning" --max-bytes 400
+
+Bytes are printed as they are sampled. A recurrent model (rmaat, rmt, rlt) carries its memory
+across segments for as long as it runs: rmaat with the T-free streaming factor r_t (the paper's
+RF needs the total length in advance, unknown while generating; rmaat.lm_stream), rmt and rlt
+unscaled. The transformer slides its window past its trained context (rmaat.lm_generate).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--checkpoint", required=True, help="A checkpoint of `pipeline train --task kjv_lm`.")
+@click.option("--prompt", required=True, help="Text to continue (UTF-8; at least one byte).")
+@click.option("--max-bytes", type=int, default=400, show_default=True, help="Bytes to generate.")
+@click.option("--temperature", type=float, default=0.8, show_default=True,
+              help="Sampling temperature; 0 = greedy (always the most likely byte).")
+@click.option("--top-k", type=int, default=None, help="Sample among the k most likely bytes only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler (same seed, same text).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+def generate(checkpoint, prompt, max_bytes, temperature, top_k, seed, device) -> None:
+    """Continue PROMPT with MAX_BYTES sampled bytes, printed as they come."""
+    from rmaat.errors import ConfigError
+
+    if max_bytes < 0:
+        raise ConfigError(f"--max-bytes must be >= 0, got {max_bytes}")
+    from rmaat.lm_generate import stream
+    from rmaat.lm_stream import t_free_factor
+    from rmaat.train.lm_trainer import load_lm_checkpoint
+
+    model, config, _ = load_lm_checkpoint(checkpoint, device)
+    factor = t_free_factor(config.model.retention_table) if model.cfg.retention_variant != "none" else None
+    out = sys.stdout.buffer
+    out.write(prompt.encode())
+    for byte in stream(model, prompt.encode(), max_bytes, temperature=temperature, top_k=top_k, seed=seed,
+                       factor=factor if model.cfg.recurrent else None):
+        out.write(byte)
+        out.flush()
+    out.write(b"\n")
+    out.flush()
