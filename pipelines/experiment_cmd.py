@@ -3,6 +3,7 @@
     pipeline experiment list
     pipeline experiment run memory --scale cpu --seeds 3 --jobs 2     # resumable; --dry-run plans only
     pipeline experiment report memory                                 # table + figure from the run dirs
+    pipeline experiment stream lm --points rmaat_2k,rmt_2k --stream-bytes 65536   # LM: bpb by position
 
 Experiment files: ``rmaat/configs/experiments/NAME.yaml`` (format in rmaat.experiments.spec).
 """
@@ -103,3 +104,41 @@ def report(name: str, scale: str, seeds: int | None, root: Path | None) -> None:
     paths = write_report(exp, _root(root, scale, exp.name), command)
     click.echo(paths["md"].read_text())
     click.echo(f"wrote {paths['csv']}, {paths['md']}, {paths['figure']}")
+
+
+@experiment.command()
+@click.argument("name")
+@click.option("--points", required=True, help="Comma-separated grid points of a language-model experiment.")
+@click.option("--stream-bytes", type=int, default=65536, show_default=True,
+              help="Bytes per stream (a multiple of the segment length).")
+@click.option("--streams", type=int, default=None, help="At most this many streams [default: all that fit].")
+@SCALE
+@click.option("--seeds", type=int, default=None, help="Seeds per grid point [default: the file's].")
+@ROOT
+def stream(name: str, points: str, stream_bytes: int, streams: int | None, scale: str, seeds: int | None,
+           root: Path | None) -> None:
+    """Bits per byte by position over long held-out streams for the trained runs of POINTS, memory
+    carried across every segment, per retention rule (rmaat.lm_stream); writes streaming.md and
+    streaming.png under the experiment's streaming-<bytes>/ folder."""
+    from rmaat.data.kjv_lm import is_lm_task
+    from rmaat.errors import ConfigError
+    from rmaat.experiments.spec import load_experiment
+    from rmaat.experiments.streaming import run_streaming, stream_folder, streaming_figure, streaming_markdown
+    from rmaat.train.metrics import atomic_write_text
+
+    exp = load_experiment(name, scale, seeds)
+    if not is_lm_task(exp.task):
+        raise ConfigError(f"{exp.name} trains {exp.task}, not a language model; stream evaluates LM experiments (lm)")
+    if streams is not None and streams < 1:
+        raise ConfigError(f"--streams must be >= 1, got {streams}")
+    folder = _root(root, scale, exp.name)
+    chosen = [p.strip() for p in points.split(",") if p.strip()]
+    results = run_streaming(exp, folder, chosen, stream_bytes=stream_bytes, streams=streams, log=click.echo)
+    command = (f"pipeline experiment stream {exp.name} --points {','.join(chosen)} --stream-bytes {stream_bytes}"
+               + (f" --streams {streams}" if streams else "") + f" --scale {scale} --seeds {exp.seeds}")
+    out = stream_folder(folder, stream_bytes)
+    atomic_write_text(out / "streaming.md", streaming_markdown(results, command))
+    streaming_figure(results, out / "streaming.png", f"{exp.name}: bits per byte by position, memory carried "
+                                                     f"over {stream_bytes:,}-byte test streams")
+    click.echo((out / "streaming.md").read_text())
+    click.echo(f"wrote {out / 'streaming.md'}, {out / 'streaming.png'}")

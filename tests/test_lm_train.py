@@ -309,3 +309,69 @@ def test_evaluate_stream_reports_every_rule():
     assert all(len(r["bpb_by_segment"]) == 8 for r in result["modes"].values())
     rmt = _tiny_lm(preset="rmt")
     assert set(evaluate_stream(rmt, data, stream_bytes=64, train_segments=2, loader=None)["modes"]) == {"carry", "reset"}
+
+
+# ------------------------------------------------------------------ the lm experiment
+TINY_LM_EXPERIMENT = """
+name: tinylm
+question: Does the harness train and stream-evaluate byte LMs?
+task: kjv_lm
+metric: test_bpb
+seeds: 2
+scales:
+  cpu:
+    config: kjv_lm
+    set: {{data.data_dir: {data}, data.seq_len: 64, model.segments: 2, model.d_model: 16, model.n_heads: 2,
+          model.d_ff: 32, model.n_layers: 1, model.n_mem: 2, train.max_steps: 3, train.batch_size: 2,
+          train.eval_every: 3, train.eval_batches: 1, train.final_eval_batches: 2, train.save_every: 3}}
+grid:
+  rmaat: {{}}
+  rmt: {{model.preset: rmt}}
+  transformer: {{model.preset: transformer, model.segments: 1}}
+"""
+
+
+def test_lm_experiment_runs_reports_and_streams(tmp_path, corpus_dir):
+    path = tmp_path / "tinylm.yaml"
+    path.write_text(TINY_LM_EXPERIMENT.format(data=corpus_dir))
+    root = tmp_path / "exp"
+    out = invoke("experiment", "run", path, "--root", root, "--jobs", 1).output
+    assert "| grid point | mean ± std | n | 95% CI | unigram bytes | paper |" in out
+    summary = json.loads((root / "tinylm" / "rmt" / "seed1" / "summary.json").read_text())
+    assert summary["preset"] == "rmt" and summary["objective"] == "lm"
+    assert f"| rmt | {np.mean([json.loads((root / 'tinylm' / 'rmt' / f'seed{s}' / 'summary.json').read_text())['test_bpb'] for s in (0, 1)]):.3f}" in out
+    args = ["experiment", "stream", path, "--points", "rmaat,rmt", "--stream-bytes", 256, "--streams", 2,
+            "--root", root]
+    table = invoke(*args).output
+    for row in ("| rmaat | train |", "| rmaat | paper |", "| rmaat | streaming |", "| rmaat | reset |",
+                "| rmt | carry |", "| rmt | reset |"):
+        assert row in table
+    folder = root / "tinylm" / "streaming-256"
+    assert (folder / "streaming.png").is_file()
+    stamp = (folder / "rmaat-seed0.json").stat().st_mtime_ns
+    assert "rmaat seed 0:" in table and "rmaat seed 0:" not in invoke(*args).output  # nothing re-evaluated
+    assert (folder / "rmaat-seed0.json").stat().st_mtime_ns == stamp
+    bad = invoke("experiment", "stream", path, "--points", "transformer", "--root", root, "--stream-bytes", 256,
+                 ok=False)
+    assert bad.exit_code == 1 and "the transformer preset has no memory" in bad.output
+
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_packaged_lm_experiment_builds_and_steps(scale, tmp_path):
+    """Every grid point of the lm experiment validates, builds its LM and takes one training
+    step of its backprop mode on two segments of random bytes."""
+    from rmaat.experiments.runner import run_configs
+    from rmaat.experiments.spec import load_experiment
+    from rmaat.lm_amrb import lm_forward_backward
+    from rmaat.train.config import RunConfig
+    from rmaat.train.lm_trainer import build_run_lm, lm_backprop
+
+    jobs = run_configs(load_experiment("lm", scale, seeds=1), tmp_path, prepare=False)
+    assert [j.point for j in jobs] == [f"{p}_{c}" for p in ("rmaat", "rmt", "transformer") for c in ("2k", "4k", "8k")]
+    for job in jobs:
+        config = RunConfig.from_dict(job.configs[0])
+        model, _ = build_run_lm(config)
+        assert config.data.seq_len * config.train.batch_size == 8192 or scale == "paper"
+        idx = torch.randint(0, 256, (1, 2 * model.cfg.segment_len if model.cfg.recurrent else 512))
+        loss = lm_forward_backward(model, idx, idx.roll(-1, 1), backprop=lm_backprop(config))
+        assert torch.isfinite(loss), job.point

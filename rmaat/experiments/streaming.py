@@ -1,0 +1,117 @@
+"""Streaming evaluation of an LM experiment's trained runs (``pipeline experiment stream``).
+
+For each chosen grid point and seed, the run's ``best.pt`` reads long held-out streams with its
+memory carried across every segment (:func:`rmaat.lm_stream.evaluate_stream`: bits per byte by
+position for each retention rule). One JSON per run is kept under
+``<root>/streaming-<bytes>/`` (a finished one is not redone), and the seeds are summarised in
+``streaming.md`` (mean ± std of bpb within and past the training length, per rule) and
+``streaming.png`` (mean bpb against position, one line per point and rule).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from retention.atomic import atomic_write
+from rmaat.errors import ConfigError, RMAATUserError
+from rmaat.experiments.spec import Experiment
+
+
+def stream_folder(root: Path, stream_bytes: int) -> Path:
+    return root / f"streaming-{stream_bytes}"
+
+
+def run_streaming(exp: Experiment, root: Path, points: list[str], *, stream_bytes: int, streams: int | None,
+                  split: str = "test", log: Callable[[str], None] = print) -> dict[str, dict[int, dict[str, Any]]]:
+    """Evaluate (or read back) every (point, seed); return {point: {seed: result}}."""
+    from rmaat.train.lm_trainer import stream_evaluate_checkpoint
+    from rmaat.train.metrics import atomic_write_text
+
+    known = [p.name for p in exp.points]
+    unknown = [p for p in points if p not in known]
+    if unknown:
+        raise ConfigError(f"unknown grid point(s) {', '.join(unknown)} of {exp.name}; choose from {', '.join(known)}")
+    folder = stream_folder(root, stream_bytes)
+    folder.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    for point in points:
+        for seed in range(exp.seeds):
+            out = folder / f"{point}-seed{seed}.json"
+            if out.is_file():
+                results.setdefault(point, {})[seed] = json.loads(out.read_text())
+                continue
+            checkpoint = root / point / f"seed{seed}" / "checkpoints" / "best.pt"
+            if not (checkpoint.parent.parent / "summary.json").is_file():
+                raise RMAATUserError(f"{point} seed {seed} has not finished training ({checkpoint.parent.parent}); "
+                                     f"run `pipeline experiment run {exp.name}` first")
+            result = stream_evaluate_checkpoint(checkpoint, split=split, device="cpu", stream_bytes=stream_bytes,
+                                                max_streams=streams)
+            atomic_write_text(out, json.dumps(result) + "\n")
+            log(f"{point} seed {seed}: " + ", ".join(f"{m} {r['bpb']:.4f}" for m, r in result["modes"].items()))
+            results.setdefault(point, {})[seed] = result
+    return results
+
+
+def _fmt(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def streaming_markdown(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
+    """One row per (point, rule): mean ± std over seeds of bpb overall, within and past training."""
+    seeds = sorted(next(iter(results.values())))
+    first = next(iter(results.values()))[seeds[0]]
+    n, t_train = first["segment_len"], first["train_segments"]
+    lines = [f"Command: `{command}`; {first['streams']} stream(s) of {first['stream_bytes']:,} bytes "
+             f"({first['stream_bytes'] // n} segments of {n}) from the start of the {first['split']} books; "
+             f"trained on {t_train} segments. Mean ± std over seeds {', '.join(map(str, seeds))}.",
+             "", f"| point | rule | bpb, whole stream | segments 1–{t_train} | segments {t_train + 1}– | factor |",
+             "|---|---|---|---|---|---|"]
+    for point, by_seed in results.items():
+        runs = list(by_seed.values())
+        for mode in runs[0]["modes"]:
+            rows = [r["modes"][mode] for r in runs if mode in r["modes"]]
+            lines.append(f"| {point} | {mode} | {_fmt([r['bpb'] for r in rows])} | "
+                         f"{_fmt([r['bpb_within_training'] for r in rows])} | "
+                         f"{_fmt([r['bpb_past_training'] for r in rows])} | {rows[0]['note']} |")
+        for mode, why in runs[0]["skipped"].items():
+            lines.append(f"| {point} | {mode} | skipped: {why} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def streaming_figure(results: dict[str, dict[int, dict[str, Any]]], path: Path, title: str,
+                     smooth: int = 4) -> None:
+    """Mean bpb against position per point and rule (a running mean over ``smooth`` segments)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False, sharey=True)
+    for ax, (point, by_seed) in zip(axes[0], results.items()):
+        runs = list(by_seed.values())
+        n, t_train = runs[0]["segment_len"], runs[0]["train_segments"]
+        for mode in runs[0]["modes"]:
+            curve = np.mean([r["modes"][mode]["bpb_by_segment"] for r in runs], axis=0)  # (T_s,)
+            kernel = np.ones(smooth) / smooth
+            smoothed = np.convolve(curve, kernel, mode="valid")
+            x = (np.arange(len(smoothed)) + smooth) * n / 1024
+            ax.plot(x, smoothed, lw=1.2, label=mode)
+        ax.axvline(t_train * n / 1024, color="grey", ls="--", lw=1, label="training context")
+        ax.set_title(f"{point} (mean of {len(runs)} seeds)", fontsize=10)
+        ax.set_xlabel("position in the stream (KiB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel(f"bits per byte (running mean over {smooth} segments)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110, metadata={"Software": None}))
+    finally:
+        plt.close(fig)
