@@ -375,3 +375,17 @@ def test_packaged_lm_experiment_builds_and_steps(scale, tmp_path):
         idx = torch.randint(0, 256, (1, 2 * model.cfg.segment_len if model.cfg.recurrent else 512))
         loss = lm_forward_backward(model, idx, idx.roll(-1, 1), backprop=lm_backprop(config))
         assert torch.isfinite(loss), job.point
+
+
+@pytest.mark.parametrize("seq_len, segments", [(2048, 4), (16384, 32)])
+def test_contexts_from_2k_to_16k_in_512_byte_segments(tmp_path, seq_len, segments):
+    """kjv_lm at the issue's shortest and longest contexts: one AMRB step over 512-byte segments,
+    with the paper RF of that T from the packaged table."""
+    run = tmp_path / "run"
+    invoke("train", "--task", "kjv_lm", "--run-dir", run, "--max-steps", 1, "--seq-len", seq_len,
+           "--segments", segments, "--batch-size", 1, "--d-model", 16, "--layers", 1, "--set", "model.d_ff=32",
+           "--set", "model.n_heads=2", "--set", "model.n_mem=2", "--device", "cpu", "--no-progress",
+           "--set", "train.final_eval_batches=1")
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["segments"], summary["segment_len"], summary["n_test"]) == (segments, 512, seq_len)
+    assert len(summary["retention_factors"]) == segments and sum(summary["retention_factors"]) == pytest.approx(1.0)
