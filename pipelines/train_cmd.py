@@ -202,7 +202,8 @@ def _evaluate_lm(checkpoint, split, data_dir, device, batch_size, stream_bytes, 
         r = evaluate_lm_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size)
         click.echo(json.dumps(r) if as_json else
                    f"{r['task']} {r['preset']} at step {r['step']}, {r['seq_len']}-byte contexts, {split} split "
-                   f"(n={r['n']:,} bytes): bits/byte {r['bpb']:.4f} vs unigram byte baseline {r['unigram_bpb']:.4f}")
+                   f"(n={r['n']:,} bytes): bits/byte {r['bpb']:.4f} vs unigram byte baseline {r['unigram_bpb']:.4f} "
+                   f"(byte bigram {r['bigram_bpb']:.4f})")
         return
     if streams is not None and streams < 1:
         raise ConfigError(f"--streams must be >= 1, got {streams}")

@@ -112,6 +112,15 @@ def test_unigram_bits_per_byte():
     assert unigram_bits_per_byte(train, test) == pytest.approx(-(np.log2(p_a) + np.log2(p_b)) / 2)
 
 
+def test_bigram_bits_per_byte():
+    from rmaat.data.kjv_lm import bigram_bits_per_byte
+
+    train = np.frombuffer(b"ab" * 50, dtype=np.uint8)                    # a->b 50 times, b->a 49 times
+    test = np.frombuffer(b"aba", dtype=np.uint8)                          # predicts b after a, a after b
+    p_ab, p_ba = (50 + 1) / (50 + 256), (49 + 1) / (49 + 256)
+    assert bigram_bits_per_byte(train, test) == pytest.approx(-(np.log2(p_ab) + np.log2(p_ba)) / 2)
+
+
 def test_own_corpus_needs_its_files(tmp_path):
     from rmaat.errors import DataError
 
@@ -144,6 +153,7 @@ def test_train_evaluate_generate(tmp_path, corpus_dir):
     assert result["n"] >= summary["n_test"]
     assert result["unigram_bpb"] == pytest.approx(unigram_bits_per_byte(
         load_byte_split("train", corpus_dir), load_byte_split("test", corpus_dir)[1:result["n"] + 1]))
+    assert summary["bigram_bpb"] < summary["unigram_bpb"]
     # generation prints the prompt and the requested number of bytes, the same for the same seed
     gen = [invoke("generate", "--checkpoint", run / "checkpoints" / "best.pt", "--prompt", "the ",
                   "--max-bytes", 60, "--seed", s).stdout_bytes for s in (3, 3, 4)]

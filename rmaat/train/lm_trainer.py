@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmaat.data.kjv_lm import LM_TITLE, WindowSampler, bits, eval_windows, load_byte_split, unigram_bits_per_byte
+from rmaat.data.kjv_lm import (
+    LM_TITLE, WindowSampler, bigram_bits_per_byte, bits, eval_windows, load_byte_split, unigram_bits_per_byte,
+)
 from rmaat.errors import CheckpointError, ConfigError, DataError
 from rmaat.lm import CausalLM, LMConfig
 from rmaat.lm_amrb import lm_forward_backward
@@ -137,6 +139,12 @@ def scored_bytes(data: np.ndarray, result: dict[str, Any], length: int) -> np.nd
     return data[1:result["windows"] * length + 1]
 
 
+def baselines(train: np.ndarray, data: np.ndarray, result: dict[str, Any], length: int) -> dict[str, float]:
+    """Unigram and bigram bits per byte of the bytes an :func:`evaluate_lm` result predicted."""
+    return {"unigram_bpb": unigram_bits_per_byte(train, scored_bytes(data, result, length)),
+            "bigram_bpb": bigram_bits_per_byte(train, data[:result["windows"] * length + 1])}
+
+
 # ============================================================================== trainer
 class LMTrainer(Trainer):
     """:class:`Trainer` with the byte-LM objective (see the module docstring)."""
@@ -202,18 +210,17 @@ class LMTrainer(Trainer):
     def _finish(self) -> dict[str, Any]:
         final_val, digests = self._final_validation()
         test = self._evaluate("test", full=True)
-        unigram = unigram_bits_per_byte(self.data["train"],
-                                        scored_bytes(self.data["test"], test, self.config.data.seq_len))
-        self.logger.log({"step": self.step, "split": "test", **self._val_record(test), "unigram_bpb": unigram,
+        base = baselines(self.data["train"], self.data["test"], test, self.config.data.seq_len)
+        self.logger.log({"step": self.step, "split": "test", **self._val_record(test), **base,
                          "checkpoint_step": self.best_step, "elapsed_s": self.elapsed()})
-        summary = lm_run_summary(self, test, final_val, unigram)
-        self._publish(summary, digests, format_lm_summary(summary), baseline=unigram, metric="bpb",
+        summary = lm_run_summary(self, test, final_val, base)
+        self._publish(summary, digests, format_lm_summary(summary), baseline=base["unigram_bpb"], metric="bpb",
                       title=f"{self.title}: {self.config.model.preset} ({self.backprop})")
         return summary
 
 
 def lm_run_summary(trainer: LMTrainer, test: dict[str, Any], final_val: dict[str, Any],
-                   unigram_bpb: float) -> dict[str, Any]:
+                   base: dict[str, float]) -> dict[str, Any]:
     """summary.json of a finished LM run."""
     cfg, model = trainer.config, trainer.model
     return {
@@ -221,7 +228,7 @@ def lm_run_summary(trainer: LMTrainer, test: dict[str, Any], final_val: dict[str
         "preset": cfg.model.preset, "backprop": trainer.backprop, "steps": trainer.step,
         "best_step": trainer.best_step, "val_bpb": -trainer.best_val, "final_val_bpb": final_val["bpb"],
         "test_bpb": test["bpb"], "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-        "unigram_bpb": unigram_bpb, "n_val": final_val["n"], "n_test": test["n"],
+        **base, "n_val": final_val["n"], "n_test": test["n"],
         "wall_time_s": trainer.elapsed(), "train_tokens_per_s": trainer.tokens_seen / max(trainer.train_time, 1e-9),
         "train_time_s": trainer.train_time, "parameters": model.num_parameters(),
         "device": str(trainer.device), "world_size": trainer.info.world_size, "seq_len": cfg.data.seq_len,
@@ -236,8 +243,8 @@ def format_lm_summary(summary: dict[str, Any]) -> str:
     return (f"{summary['task_title']}, {summary['preset']} ({summary['backprop']}), "
             f"{summary['steps']} steps in {summary['wall_time_s']:.1f} s, {summary['parameters']:,} parameters\n"
             f"  test bits/byte {summary['test_bpb']:.4f} vs unigram byte baseline {summary['unigram_bpb']:.4f} "
-            f"(n={summary['n_test']:,} bytes, {summary['seq_len']}-byte contexts, checkpoint of step "
-            f"{summary['best_step']})\n"
+            f"(byte bigram {summary['bigram_bpb']:.4f}; n={summary['n_test']:,} bytes, {summary['seq_len']}-byte "
+            f"contexts, checkpoint of step {summary['best_step']})\n"
             f"  best val bits/byte {summary['val_bpb']:.4f}; next-byte accuracy {summary['test_accuracy']:.4f}; "
             f"{summary['train_tokens_per_s']:.4g} bytes/s; peak memory "
             f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['peak_memory_kind']})")
@@ -285,7 +292,7 @@ def evaluate_lm_checkpoint(path: str | Path, *, split: str = "test", data_dir: s
         shutdown_distributed()
     result.update({"split": split, "task": config.task, "preset": config.model.preset, "step": int(state["step"]),
                    "checkpoint": str(path), "seq_len": config.data.seq_len,
-                   "unigram_bpb": unigram_bits_per_byte(train, scored_bytes(data, result, config.data.seq_len))})
+                   **baselines(train, data, result, config.data.seq_len)})
     return result
 
 
