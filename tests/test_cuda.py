@@ -15,6 +15,9 @@ What they pin:
 * Checkpoints move between devices: written on CUDA, resumed (and evaluated) on CPU, and the
   reverse (`test_checkpoint_written_on_cuda_resumes_on_cpu`, `test_checkpoint_written_on_cpu_resumes_on_cuda`).
 * `pipeline train --device cuda` and `pipeline evaluate --device cuda` end to end.
+* The causal byte LM: CPU/CUDA parity of every LM preset, AMRB == BPTT with dropout on CUDA, and
+  `pipeline train --task kjv_lm` / `evaluate` / `evaluate --stream-bytes` / `generate` with
+  `--device cuda` (`test_lm_*`).
 * NCCL at world size 1 under torchrun: `pipeline train` launched by torchrun, and
   DistributedDataParallel over NCCL giving the single-process gradients (this file is also the
   torchrun worker: ``python tests/test_cuda.py --ddp-worker OUT.json``).
@@ -493,3 +496,93 @@ if __name__ == "__main__":
         _ddp_worker(sys.argv[2])
     else:
         sys.exit("usage (under torchrun): python tests/test_cuda.py --ddp-worker OUT.json")
+
+
+# =========================================================================== the byte LM
+LM_SIZES = dict(d_model=16, n_heads=2, n_layers=2, d_ff=24, n_mem=2, segment_len=37, max_len=111)
+LM_PRESETS = ("rmaat", "rmt", "rlt", "transformer")
+
+
+def make_lm(preset: str, *, dropout: float = 0.0):
+    """A small causal byte LM on CPU, seeded; rmaat gets explicit non-uniform factors (no table)."""
+    from rmaat.lm import build_lm
+
+    torch.manual_seed(0)
+    return build_lm(preset, retention_loader=lambda T, v: np.linspace(2.0, 1.0, T) / np.linspace(2.0, 1.0, T).sum(),
+                    dropout=dropout, **LM_SIZES)
+
+
+def lm_step(model, idx, backprop="bptt", seed=None):
+    """lm_forward_backward on the model's device -> (loss, {name: grad}) in float64 on CPU."""
+    from rmaat.lm_amrb import lm_forward_backward
+
+    device = next(model.parameters()).device
+    model.zero_grad(set_to_none=True)
+    if seed is not None:
+        torch.manual_seed(seed)
+    idx = idx.to(device)
+    loss = lm_forward_backward(model, idx[:, :-1], idx[:, 1:], backprop=backprop)
+    return loss.double().cpu(), {n: p.grad.detach().double().cpu() for n, p in model.named_parameters()
+                                 if p.grad is not None}
+
+
+@pytest.mark.parametrize("preset", LM_PRESETS)
+def test_lm_forward_backward_parity_cpu_cuda(preset):
+    """The causal LM (3 segments of 37 bytes, the last partial: 110 bytes) gives the same loss,
+    logits, memory states and gradients on CPU and CUDA in fp32."""
+    cpu = make_lm(preset).train()
+    gpu = copy.deepcopy(cpu).to(DEVICE)
+    idx = torch.randint(0, 256, (2, 111), generator=torch.Generator().manual_seed(1))
+    loss_c, grads_c = lm_step(cpu, idx)
+    loss_g, grads_g = lm_step(gpu, idx)
+    assert relative(loss_c, loss_g) <= PARITY_RTOL
+    name, err = worst_gradient_error(grads_c, grads_g)
+    assert err <= PARITY_RTOL, name
+    with torch.no_grad():
+        logits_c, _ = cpu.eval()(idx[:, :-1])
+        logits_g, _ = gpu.eval()(idx[:, :-1].to(DEVICE))
+    assert relative(logits_c, logits_g) <= PARITY_RTOL
+    for state_c, state_g in zip(cpu.last_memory_states, gpu.last_memory_states, strict=True):
+        assert relative(state_c, state_g) <= PARITY_RTOL
+
+
+@pytest.mark.parametrize("preset", ["rmaat", "rmt"])
+def test_lm_amrb_gradients_equal_bptt_on_cuda(preset):
+    """AMRB with a loss on every segment replays each segment with the CUDA RNG state of its
+    forward pass: with dropout on, its gradients equal BPTT's on the same device."""
+    model = make_lm(preset, dropout=0.2).to(DEVICE).train()
+    idx = torch.randint(0, 256, (2, 111), generator=torch.Generator().manual_seed(2))
+    loss_b, grads_b = lm_step(model, idx, "bptt", seed=5)
+    loss_a, grads_a = lm_step(model, idx, "amrb", seed=5)
+    assert relative(loss_b, loss_a) <= AMRB_RTOL
+    name, err = worst_gradient_error(grads_b, grads_a)
+    assert err <= AMRB_RTOL, name
+
+
+def test_lm_train_evaluate_generate_on_cuda(tmp_path):
+    """`pipeline train --task kjv_lm --device cuda` (bf16 autocast, AMRB) to the end, then
+    `evaluate`, `evaluate --stream-bytes` and `generate` with --device cuda on its checkpoint."""
+    data = tmp_path / "text"
+    data.mkdir()
+    for split, n in (("train", 400), ("val", 60), ("test", 60)):
+        (data / f"{split}.txt").write_text("the cat sat on the mat. a dog ran in the park. " * n)
+    run_dir = tmp_path / "run"
+    result = invoke("train", "--task", "kjv_lm", "--data-dir", data, "--run-dir", run_dir, "--device",
+                    PLAIN_DEVICE_ARG, "--seq-len", 128, "--segments", 2, "--d-model", 32, "--layers", 1,
+                    "--set", "model.d_ff=64", "--set", "model.n_heads=2", "--set", "model.n_mem=2",
+                    "--max-steps", 6, "--batch-size", 4, "--eval-every", 3, "--no-progress",
+                    "--set", "train.final_eval_batches=4")
+    assert result.exit_code == 0, result.output
+    summary = _summary(run_dir)
+    assert summary["steps"] == 6 and summary["backprop"] == "amrb" and np.isfinite(summary["test_bpb"])
+    if DEVICE.type == "cuda":
+        assert summary["peak_memory_kind"] == "cuda_max_allocated"
+    best = run_dir / "checkpoints" / "best.pt"
+    report = _evaluate_json(best, PLAIN_DEVICE_ARG)
+    assert report["bpb"] == pytest.approx(summary["test_bpb"], rel=BF16_LOSS_RTOL)
+    streamed = invoke("evaluate", "--checkpoint", best, "--device", PLAIN_DEVICE_ARG, "--stream-bytes", 512,
+                      "--streams", 2)
+    assert streamed.exit_code == 0 and "streaming" in streamed.output, streamed.output
+    text = invoke("generate", "--checkpoint", best, "--device", PLAIN_DEVICE_ARG, "--prompt", "the ",
+                  "--max-bytes", 80, "--seed", 0)
+    assert text.exit_code == 0 and len(text.stdout_bytes) == len(b"the ") + 80 + 1
