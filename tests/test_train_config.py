@@ -11,8 +11,15 @@ from rmaat.train.config import (
 
 
 def test_one_config_per_task_with_paper_lengths_and_512_token_segments():
-    assert set(available_tasks()) == set(TASKS)
-    for name in available_tasks():
+    from rmaat.data.kjv_lm import LM_TASKS
+
+    assert set(available_tasks()) == set(TASKS) | set(LM_TASKS)
+    for name in LM_TASKS:  # byte LMs: 2K-byte contexts in 512-byte segments
+        cfg = load_task_config(name)
+        cfg.validate()
+        assert (cfg.task, cfg.data.seq_len, cfg.segment_len) == (name, 2048, 512)
+        assert cfg.model.preset == "rmaat" and cfg.model.backprop is None
+    for name in sorted(set(available_tasks()) - set(LM_TASKS)):
         cfg = load_task_config(name)
         cfg.validate()
         spec = TASKS[name]
