@@ -56,11 +56,11 @@ def run_streaming(exp: Experiment, root: Path, points: list[str], *, stream_byte
     return results
 
 
-def _fmt(values: list[float | None]) -> str:
+def _fmt(values: list[float | None], digits: int = 3) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "–"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
 
 
 def streaming_markdown(results: dict[str, dict[int, dict[str, Any]]], command: str) -> str:
@@ -71,17 +71,21 @@ def streaming_markdown(results: dict[str, dict[int, dict[str, Any]]], command: s
     lines = [f"Command: `{command}`; {first['streams']} stream(s) of {first['stream_bytes']:,} bytes "
              f"({first['stream_bytes'] // n} segments of {n}) from the start of the {first['split']} books; "
              f"trained on {t_train} segments. Mean ± std over seeds {', '.join(map(str, seeds))}.",
-             "", f"| point | rule | bpb, whole stream | segments 1–{t_train} | segments {t_train + 1}– | factor |",
-             "|---|---|---|---|---|---|"]
+             "The last column is the memory's worth: bpb minus the same run's bpb without memory (reset), "
+             "per seed; negative = memory helps.",
+             "", f"| point | rule | bpb, whole stream | segments 1–{t_train} | segments {t_train + 1}– | "
+             "minus reset | factor |", "|---|---|---|---|---|---|---|"]
     for point, by_seed in results.items():
         runs = list(by_seed.values())
         for mode in runs[0]["modes"]:
             rows = [r["modes"][mode] for r in runs if mode in r["modes"]]
+            gain = [r["modes"][mode]["bpb"] - r["modes"]["reset"]["bpb"] for r in runs
+                    if mode in r["modes"] and "reset" in r["modes"]] if mode != "reset" else []
             lines.append(f"| {point} | {mode} | {_fmt([r['bpb'] for r in rows])} | "
                          f"{_fmt([r['bpb_within_training'] for r in rows])} | "
-                         f"{_fmt([r['bpb_past_training'] for r in rows])} | {rows[0]['note']} |")
+                         f"{_fmt([r['bpb_past_training'] for r in rows])} | {_fmt(gain, 4)} | {rows[0]['note']} |")
         for mode, why in runs[0]["skipped"].items():
-            lines.append(f"| {point} | {mode} | skipped: {why} | | | |")
+            lines.append(f"| {point} | {mode} | skipped: {why} | | | | |")
     return "\n".join(lines) + "\n"
 
 
