@@ -32,22 +32,27 @@ def _write_listops(root, n=(32, 8, 8)):
     return root
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_keep_identical_replicas(tmp_path):
-    data = _write_listops(tmp_path / "data")
-    run_dir = tmp_path / "run"
+def _torchrun_train(*args: str) -> subprocess.CompletedProcess:
+    """`pipeline train ARGS` under `torchrun --nproc-per-node 2` on CPU (gloo over loopback)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
                RMAAT_RETENTION_TABLE=PACKAGED_TABLE)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "-m", "pipelines.cli", "train", "--task", "listops", "--data-dir", str(data),
-               "--run-dir", str(run_dir), "--device", "cpu", "--no-progress",
-               "--preset", "rmaat", "--backprop", "amrb",  # AMRB's checkpointed segments under DDP
-               "--seq-len", "16", "--segments", "2", "--d-model", "16", "--layers", "1",
-               "--set", "model.d_ff=32", "--set", "model.n_heads=2", "--max-steps", "4",
-               "--batch-size", "4", "--set", "train.grad_accum=2", "--set", "train.log_every=2",
-               "--eval-every", "2"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+               "-m", "pipelines.cli", "train", "--device", "cpu", "--no-progress", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_keep_identical_replicas(tmp_path):
+    data = _write_listops(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    done = _torchrun_train(
+        "--task", "listops", "--data-dir", str(data), "--run-dir", str(run_dir),
+        "--preset", "rmaat", "--backprop", "amrb",  # AMRB's checkpointed segments under DDP
+        "--seq-len", "16", "--segments", "2", "--d-model", "16", "--layers", "1",
+        "--set", "model.d_ff=32", "--set", "model.n_heads=2", "--max-steps", "4",
+        "--batch-size", "4", "--set", "train.grad_accum=2", "--set", "train.log_every=2",
+        "--eval-every", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
@@ -71,17 +76,12 @@ def test_lm_under_two_processes_keeps_identical_replicas(tmp_path):
     for split, n in (("train", 400), ("val", 60), ("test", 60)):
         (data / f"{split}.txt").write_text("the cat sat on the mat. " * n)
     run_dir = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
-               RMAAT_RETENTION_TABLE=PACKAGED_TABLE)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "-m", "pipelines.cli", "train", "--task", "kjv_lm", "--data-dir", str(data),
-               "--run-dir", str(run_dir), "--device", "cpu", "--no-progress", "--preset", "rmaat",
-               "--seq-len", "32", "--segments", "2", "--d-model", "16", "--layers", "1",
-               "--set", "model.d_ff=32", "--set", "model.n_heads=2", "--set", "model.n_mem=2",
-               "--set", "model.dropout=0.1", "--max-steps", "3", "--batch-size", "4",
-               "--set", "train.grad_accum=2", "--eval-every", "2", "--set", "train.final_eval_batches=2"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+    done = _torchrun_train(
+        "--task", "kjv_lm", "--data-dir", str(data), "--run-dir", str(run_dir), "--preset", "rmaat",
+        "--seq-len", "32", "--segments", "2", "--d-model", "16", "--layers", "1",
+        "--set", "model.d_ff=32", "--set", "model.n_heads=2", "--set", "model.n_mem=2",
+        "--set", "model.dropout=0.1", "--max-steps", "3", "--batch-size", "4",
+        "--set", "train.grad_accum=2", "--eval-every", "2", "--set", "train.final_eval_batches=2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["backprop"] == "amrb" and summary["replicas_identical"]

@@ -65,6 +65,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 # ----------------------------------------------------------------------------- RNG
+def stored_config(state: dict[str, Any], path: str | Path):
+    """The RunConfig a checkpoint was written with; CheckpointError if it no longer matches its hash."""
+    from rmaat.train.config import RunConfig, config_hash
+
+    config = RunConfig.from_dict(state["config"], f"{path} (stored config)")
+    if config_hash(config) != state["config_hash"]:
+        raise CheckpointError(f"checkpoint {path}: stored config does not match its hash; the file was altered")
+    return config
+
+
 def capture_rng_state() -> dict[str, Any]:
     """All RNG states a training step can touch, as tensors/plain values (weights_only-safe)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from rmaat.errors import CheckpointError, ConfigError, DataError
 from rmaat.train.batching import Collate, build_run_model, load_splits, model_inputs, task_identity
-from rmaat.train.checkpoint import load_checkpoint
-from rmaat.train.config import RunConfig, config_hash
+from rmaat.train.checkpoint import load_checkpoint, stored_config
+from rmaat.train.config import RunConfig
 from rmaat.train.distributed import DistInfo, ShardSampler, all_reduce_sum, init_distributed, shutdown_distributed
 
 
@@ -120,9 +120,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
     if by is not None and by not in GROUPINGS:
         raise ConfigError(f"--by {by!r} is not one of {', '.join(GROUPINGS)}")
     state = load_checkpoint(path)
-    config = RunConfig.from_dict(state["config"], f"{path} (stored config)")
-    if config_hash(config) != state["config_hash"]:
-        raise CheckpointError(f"checkpoint {path}: stored config does not match its hash; the file was altered")
+    config = stored_config(state, path)
     if data_dir is not None:
         config.data.data_dir = data_dir
     elif config.data.data_dir is not None and not Path(config.data.data_dir).expanduser().exists():

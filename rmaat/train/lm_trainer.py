@@ -35,7 +35,7 @@ from rmaat.data.kjv_lm import (
 from rmaat.errors import CheckpointError, ConfigError, DataError
 from rmaat.lm import CausalLM, LMConfig
 from rmaat.lm_amrb import lm_forward_backward
-from rmaat.train.checkpoint import load_checkpoint
+from rmaat.train.checkpoint import load_checkpoint, stored_config
 from rmaat.train.config import RunConfig, config_hash
 from rmaat.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown_distributed
 from rmaat.train.evaluation import autocast_context
@@ -255,9 +255,7 @@ def load_lm_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                        ) -> tuple[CausalLM, RunConfig, dict[str, Any]]:
     """(model in eval mode on ``device``, run config, checkpoint state) of an LM checkpoint."""
     state = load_checkpoint(path)
-    config = RunConfig.from_dict(state["config"], f"{path} (stored config)")
-    if config_hash(config) != state["config_hash"]:
-        raise CheckpointError(f"checkpoint {path}: stored config does not match its hash; the file was altered")
+    config = stored_config(state, path)
     from rmaat.data.kjv_lm import is_lm_task
 
     if not is_lm_task(config.task):
@@ -272,17 +270,23 @@ def load_lm_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     return model.to(device).eval(), config, state
 
 
+def _data_dir(config: RunConfig, data_dir: str | None, path: str | Path) -> str | None:
+    """``--data-dir`` if given, else the run's recorded one (DataError if it has moved); None = the KJV."""
+    if data_dir is not None:
+        return data_dir
+    if config.data.data_dir is not None and not Path(config.data.data_dir).exists():
+        raise DataError(f"the data directory {config.data.data_dir} recorded by the run in {path} does not "
+                        "exist; pass --data-dir with the data's current location")
+    return config.data.data_dir
+
+
 def evaluate_lm_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
                            device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
     """Bits per byte of an LM checkpoint on a split at its training context, with the unigram baseline."""
     info, torch_device = init_distributed(device)
     try:
         model, config, state = load_lm_checkpoint(path, torch_device)
-        if data_dir is not None:
-            config.data.data_dir = data_dir
-        elif config.data.data_dir is not None and not Path(config.data.data_dir).exists():
-            raise DataError(f"the data directory {config.data.data_dir} recorded by the run in {path} does not "
-                            "exist; pass --data-dir with the data's current location")
+        config.data.data_dir = _data_dir(config, data_dir, path)
         data = load_byte_split(split, config.data.data_dir)
         bs = batch_size or config.train.batch_size // config.train.grad_accum
         result = evaluate_lm(model, data, length=config.data.seq_len, batch_size=bs, device=torch_device,
@@ -305,7 +309,7 @@ def stream_evaluate_checkpoint(path: str | Path, *, split: str = "test", data_di
     _, torch_device = init_distributed(device)
     try:
         model, config, state = load_lm_checkpoint(path, torch_device)
-        data = load_byte_split(split, data_dir or config.data.data_dir)
+        data = load_byte_split(split, _data_dir(config, data_dir, path))
         result = evaluate_stream(model, data, stream_bytes=stream_bytes, train_segments=config.model.segments,
                                  loader=retention_loader(config), max_streams=max_streams, device=torch_device)
     finally:
