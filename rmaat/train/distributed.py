@@ -12,6 +12,7 @@ start offset so a resumed run skips exactly the examples it already consumed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
         else:
             torch_device = torch.device("cpu")
         if not dist.is_initialized():
+            _import_world_capturing_modules()
             dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                     timeout=datetime.timedelta(minutes=30))
     else:
@@ -72,10 +74,91 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank), torch_device
 
 
-def shutdown_distributed() -> None:
-    """Destroy the process group if one was started."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def _import_world_capturing_modules() -> None:
+    """Import, before any process group exists, the torch modules that capture one at import.
+
+    ``torch.distributed.nn.functional`` (imported by ``DistributedDataParallel`` on first use)
+    has defaults ``group=group.WORLD``, evaluated when it is imported. Imported after
+    ``init_process_group`` they hold the default group for good: ``destroy_process_group`` cannot
+    free it, and its backend threads outlive :func:`shutdown_distributed` (see there why that
+    aborts processes at exit). Imported first, the defaults are None.
+    """
+    import torch.distributed.nn  # noqa: F401
+    import torch.nn.parallel.distributed  # noqa: F401
+
+
+#: Name prefixes (``/proc/self/task/*/comm``) of the threads torch's c10d backends start.
+BACKEND_THREAD_PREFIXES = ("pt_gloo", "gloo_", "pt_nccl")
+
+
+def backend_threads() -> list[str]:
+    """Names of this process's live c10d backend threads (gloo workers, NCCL watchdog).
+
+    Read from ``/proc`` (these are C++ threads, which ``threading`` does not list); empty where
+    ``/proc`` does not exist.
+    """
+    names = []
+    tasks = "/proc/self/task"
+    for tid in os.listdir(tasks) if os.path.isdir(tasks) else ():
+        try:
+            with open(f"{tasks}/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended while we looked
+            continue
+        if name.startswith(BACKEND_THREAD_PREFIXES):
+            names.append(name)
+    return sorted(names)
+
+
+def shutdown_distributed(*, synchronize: bool = False) -> None:
+    """Destroy the process group, if one was started, and join its threads now.
+
+    The shutdown order matters. A gloo worker thread frees each finished collective's work item,
+    whose tensors have Python objects, so freeing them takes the GIL. If that thread is still
+    alive when the interpreter finalises, taking the GIL ends the thread inside a C++ destructor:
+    ``std::terminate`` -> "terminate called without an active exception" -> SIGABRT, about one
+    ``torchrun`` launch in ten on two CPU ranks (see ``scripts/torchrun_soak.py``). So:
+
+    1. with ``synchronize`` (a normal end), every rank waits at a barrier first, so no
+       collective is in flight anywhere when the groups are torn down (NCCL's destroy with a
+       peer mid-collective can hang);
+    2. the caller has dropped every other reference to the group (the ``DistributedDataParallel``
+       wrapper holds one), so ``destroy_process_group`` drops the last and the backend's
+       destructor joins its threads here, while Python is alive; a gloo worker waiting for the GIL
+       gets it and finishes.
+
+    Leave ``synchronize`` off after an error: a peer that has failed never reaches the barrier.
+    A warning names the backend threads still alive afterwards (a reference was kept somewhere).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if synchronize:
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+            torch.cuda.synchronize()
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
+    survivors = backend_threads()
+    if survivors:
+        import sys
+
+        print(f"warning: {len(survivors)} process-group thread(s) outlived shutdown ({', '.join(survivors)}); "
+              "a reference to the group is still held, and the process may abort at exit", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def distributed_session(device: str) -> Iterator[tuple[DistInfo, torch.device]]:
+    """``with distributed_session(device) as (info, torch_device):`` one process group's life:
+    :func:`init_distributed` on entry, :func:`shutdown_distributed` on exit (synchronised when
+    the block ended normally)."""
+    info, torch_device = init_distributed(device)
+    try:
+        yield info, torch_device
+    except BaseException:
+        shutdown_distributed()
+        raise
+    shutdown_distributed(synchronize=True)
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

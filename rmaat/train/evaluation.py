@@ -21,7 +21,7 @@ from rmaat.errors import CheckpointError, ConfigError, DataError
 from rmaat.train.batching import Collate, build_run_model, load_splits, model_inputs, task_identity
 from rmaat.train.checkpoint import load_checkpoint, stored_config
 from rmaat.train.config import RunConfig
-from rmaat.train.distributed import DistInfo, ShardSampler, all_reduce_sum, init_distributed, shutdown_distributed
+from rmaat.train.distributed import DistInfo, ShardSampler, all_reduce_sum, distributed_session
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -143,15 +143,12 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
                               f"({str(error).splitlines()[0]})") from None
-    info, torch_device = init_distributed(device)
-    try:
+    with distributed_session(device) as (info, torch_device):
         model.to(torch_device)
         bs = batch_size or config.train.batch_size // config.train.grad_accum
         result = evaluate_split(model, dataset, batch_size=bs, collate=Collate(config.data.seq_len, spec.pad_id),
                                 device=torch_device, precision=config.train.precision, n_classes=spec.n_classes,
                                 info=info, by=None if by is None else GROUPINGS[by])
-    finally:
-        shutdown_distributed()
     title, is_lra = task_identity(spec, dataset)
     result.update({"split": split, "task": config.task, "task_title": title, "is_lra": is_lra,
                    "preset": config.model.preset, "step": int(state["step"]), "checkpoint": str(path),

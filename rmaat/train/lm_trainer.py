@@ -37,7 +37,7 @@ from rmaat.lm import CausalLM, LMConfig
 from rmaat.lm_amrb import lm_forward_backward
 from rmaat.train.checkpoint import load_checkpoint, stored_config
 from rmaat.train.config import RunConfig, config_hash
-from rmaat.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown_distributed
+from rmaat.train.distributed import DistInfo, all_reduce_sum, distributed_session
 from rmaat.train.evaluation import autocast_context
 from rmaat.train.summary import peak_memory
 from rmaat.train.trainer import Trainer
@@ -283,8 +283,7 @@ def _data_dir(config: RunConfig, data_dir: str | None, path: str | Path) -> str 
 def evaluate_lm_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
                            device: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
     """Bits per byte of an LM checkpoint on a split at its training context, with the unigram baseline."""
-    info, torch_device = init_distributed(device)
-    try:
+    with distributed_session(device) as (info, torch_device):
         model, config, state = load_lm_checkpoint(path, torch_device)
         config.data.data_dir = _data_dir(config, data_dir, path)
         data = load_byte_split(split, config.data.data_dir)
@@ -292,8 +291,6 @@ def evaluate_lm_checkpoint(path: str | Path, *, split: str = "test", data_dir: s
         result = evaluate_lm(model, data, length=config.data.seq_len, batch_size=bs, device=torch_device,
                              precision=config.train.precision, info=info)
         train = load_byte_split("train", config.data.data_dir)
-    finally:
-        shutdown_distributed()
     result.update({"split": split, "task": config.task, "preset": config.model.preset, "step": int(state["step"]),
                    "checkpoint": str(path), "seq_len": config.data.seq_len,
                    **baselines(train, data, result, config.data.seq_len)})
@@ -306,14 +303,11 @@ def stream_evaluate_checkpoint(path: str | Path, *, split: str = "test", data_di
     """Bits per byte by position over long streams with memory carried (rmaat.lm_stream)."""
     from rmaat.lm_stream import evaluate_stream
 
-    _, torch_device = init_distributed(device)
-    try:
+    with distributed_session(device) as (_, torch_device):
         model, config, state = load_lm_checkpoint(path, torch_device)
         data = load_byte_split(split, _data_dir(config, data_dir, path))
         result = evaluate_stream(model, data, stream_bytes=stream_bytes, train_segments=config.model.segments,
                                  loader=retention_loader(config), max_streams=max_streams, device=torch_device)
-    finally:
-        shutdown_distributed()
     result.update({"split": split, "task": config.task, "preset": config.model.preset, "step": int(state["step"]),
                    "checkpoint": str(path)})
     return result

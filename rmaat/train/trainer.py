@@ -360,12 +360,19 @@ class Trainer:
 
     def fit(self) -> dict[str, Any] | None:
         """Train to ``max_steps``; return the summary, or None if stopped early (checkpoint saved)."""
+        completed = False
         try:
-            return self._fit()
+            result = self._fit()
+            completed = True
+            return result
         finally:
             if hasattr(self, "logger"):
                 self.logger.close()
-            shutdown_distributed()
+            # the DDP wrapper holds a reference to the process group: drop it, so that
+            # shutdown_distributed frees the group and joins its threads (see there)
+            if hasattr(self, "module"):
+                self.module = self.model
+            shutdown_distributed(synchronize=completed)
 
     def _fit(self) -> dict[str, Any] | None:
         cfg, info = self.config, self.info
