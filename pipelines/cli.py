@@ -6,7 +6,11 @@ Subcommands live in their own modules and are imported only when invoked, so tha
 
 User errors (bad parameters, missing files, unknown tasks) are raised anywhere in the
 code as the stage's own error class; here they become one line on stderr and exit
-status 1, without a traceback.
+status 1, without a traceback. So do usage errors of every subcommand, however deeply nested
+(an unknown option, a missing argument, a bad value, an unknown command): one ``Error:`` line
+naming the command and its ``--help``, exit status 1, instead of click's usage block and
+status 2. ``--help`` still prints the help and exits 0; a group called without a subcommand
+still prints its help.
 """
 
 from __future__ import annotations
@@ -42,8 +46,49 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+class UsageLine(click.ClickException):
+    """A click usage error as one line (exit status 1, like every other user error)."""
+
+    exit_code = 1
+
+
+def usage_line(error: click.UsageError) -> click.ClickException:
+    """``pipeline experiment run: no such option '--bogus' (see 'pipeline experiment run --help')``:
+    the message of a usage error on one line, with the command it belongs to and its help."""
+    message = " ".join(error.format_message().split()).rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    ctx = error.ctx if error.ctx is not None else _innermost_context(error)
+    path = ctx.command_path if ctx is not None else None
+    if not path:
+        return UsageLine(message)
+    return UsageLine(f"{path}: {message} (see '{path} --help')")
+
+
+def _innermost_context(error: BaseException) -> click.Context | None:
+    """The context of the command whose parsing raised ``error``, for the parser's errors that
+    carry none (``option '--size' requires an argument``): the last ``ctx`` on its traceback."""
+    found, tb = None, error.__traceback__
+    while tb is not None:
+        ctx = tb.tb_frame.f_locals.get("ctx")
+        if isinstance(ctx, click.Context):
+            found = ctx
+        tb = tb.tb_next
+    return found
+
+
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported when first used."""
+    """A click group whose subcommands are imported when first used; user errors and usage
+    errors anywhere below it become one line (see the module docstring)."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # the group's own options (``pipeline --bogus``) are parsed here, outside invoke
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare ``pipeline``: click prints the help
+        except click.UsageError as error:
+            raise usage_line(error) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in SUBCOMMANDS if self._module_exists(name))
@@ -60,6 +105,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as error:
             raise click.ClickException(str(error)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group without its subcommand (``pipeline experiment``): its help
+        except click.UsageError as error:  # parsing a subcommand's arguments, or raised by one
+            raise usage_line(error) from None
 
     @staticmethod
     def _module_exists(name: str) -> bool:
