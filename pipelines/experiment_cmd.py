@@ -10,6 +10,9 @@ Experiment files: ``rmaat/configs/experiments/NAME.yaml`` (format in rmaat.exper
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -21,9 +24,43 @@ ROOT = click.option("--root", type=click.Path(file_okay=False, path_type=Path), 
 
 
 def _root(root: Path | None, scale: str, name: str) -> Path:
+    """The experiment's folder under ``--root``, checked to be (or to be able to become) a
+    writable folder, so that a root below a regular file fails here in one line, not mid-run."""
     from rmaat.experiments.runner import DEFAULT_ROOT
 
-    return (root or DEFAULT_ROOT / scale) / name
+    folder = (root or DEFAULT_ROOT / scale) / name
+    _check_folder(folder, "--root" if root is not None else "the default root")
+    return folder
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    """ConfigError when the nearest existing folder on the way to ``folder`` is a file or not writable."""
+    import os
+
+    from rmaat.errors import ConfigError
+
+    for parent in (folder, *folder.parents):
+        if not os.path.lexists(parent):
+            continue
+        if not parent.is_dir():
+            raise ConfigError(f"{what}: {parent} is a file, not a folder, so {folder} cannot be made; "
+                              "give a --root that is (or can become) a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what}: cannot write in {parent} (permission denied); give a --root you can write to")
+        return
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt("SIGTERM") in this block, so ``finally`` clauses run."""
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()
@@ -49,18 +86,29 @@ def list_() -> None:
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="Runs in parallel, one process and one torch thread each.")
 @click.option("--dry-run", is_flag=True, help="Print the grid, sizes and estimated wall time; run nothing.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar of finished runs (the per-run lines are printed either way).")
+@click.option("--force", is_flag=True,
+              help="Replace runs made with another configuration than the file now gives (stale runs).")
 @ROOT
-def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, root: Path | None) -> None:
-    """Run experiment NAME (finished runs are skipped, interrupted ones resume), then report it."""
+def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, progress: bool, force: bool,
+        root: Path | None) -> None:
+    """Run experiment NAME (finished runs are skipped, interrupted ones resume), then report it.
+
+    Ctrl-C or SIGTERM: every running run finishes its step, saves its checkpoint and stops (a
+    second signal stops them at once); the same command resumes. Exit status 130 / 143."""
     from rmaat.errors import ConfigError
-    from rmaat.experiments.runner import estimate_seconds, run_experiment
-    from rmaat.experiments.report import write_report
+    from rmaat.experiments.report import run_command, write_report
+    from rmaat.experiments.runner import (
+        ExperimentStopped, check_stale, estimate_seconds, run_experiment, validate_experiment,
+    )
     from rmaat.experiments.spec import load_experiment
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     exp = load_experiment(name, scale, seeds)
     folder = _root(root, scale, exp.name)
+    validate_experiment(exp, folder)  # every point's config, before anything runs (or is planned)
     if dry_run:
         click.echo(f"{exp.name} ({scale}): {exp.question.strip()}")
         click.echo(f"task {exp.task}, base config {exp.base_config}, metric {exp.metric}, "
@@ -80,11 +128,19 @@ def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, root
         return
     import time
 
+    check_stale(exp, folder, force=force, log=click.echo)
     start = time.perf_counter()
-    run_experiment(exp, folder, jobs=jobs, log=click.echo)
+    try:
+        with _sigterm_unwinds():  # data generation cleans its temp folder on SIGTERM too
+            run_experiment(exp, folder, jobs=jobs, log=click.echo, progress=progress)
+    except ExperimentStopped as stopped:
+        click.echo(str(stopped), err=True)
+        raise SystemExit(stopped.exit_code) from None
+    except KeyboardInterrupt as interrupt:  # before the workers started (data generation)
+        click.echo(f"{exp.name} stopped before any run started; run the same command again", err=True)
+        raise SystemExit(143 if "SIGTERM" in str(interrupt) else 130) from None
     click.echo(f"this invocation took {(time.perf_counter() - start) / 60:.1f} min")
-    command = f"pipeline experiment run {exp.name} --scale {scale} --seeds {exp.seeds} --jobs {jobs}"
-    paths = write_report(exp, folder, command)
+    paths = write_report(exp, folder, run_command(exp, jobs=jobs, root=root))
     click.echo(paths["md"].read_text())
     click.echo(f"wrote {paths['csv']}, {paths['md']}, {paths['figure']}")
 
@@ -95,13 +151,13 @@ def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, root
 @click.option("--seeds", type=int, default=None, help="Seeds per grid point [default: the file's].")
 @ROOT
 def report(name: str, scale: str, seeds: int | None, root: Path | None) -> None:
-    """Rebuild results.csv, results.md and the figure of NAME from its run directories."""
-    from rmaat.experiments.report import write_report
+    """Rebuild results.csv, results.md and the figure of NAME from its run directories (runs of
+    an older version of the experiment file are marked stale and left out of the means)."""
+    from rmaat.experiments.report import run_command, write_report
     from rmaat.experiments.spec import load_experiment
 
     exp = load_experiment(name, scale, seeds)
-    command = f"pipeline experiment run {exp.name} --scale {scale} --seeds {exp.seeds}"
-    paths = write_report(exp, _root(root, scale, exp.name), command)
+    paths = write_report(exp, _root(root, scale, exp.name), run_command(exp, root=root))
     click.echo(paths["md"].read_text())
     click.echo(f"wrote {paths['csv']}, {paths['md']}, {paths['figure']}")
 
@@ -120,6 +176,8 @@ def stream(name: str, points: str, stream_bytes: int, streams: int | None, scale
     """Bits per byte by position over long held-out streams for the trained runs of POINTS, memory
     carried across every segment, per retention rule (rmaat.lm_stream); writes streaming.md and
     streaming.png under the experiment's streaming-<bytes>/ folder."""
+    import shlex
+
     from rmaat.data.kjv_lm import is_lm_task
     from rmaat.errors import ConfigError
     from rmaat.experiments.spec import load_experiment
@@ -131,11 +189,16 @@ def stream(name: str, points: str, stream_bytes: int, streams: int | None, scale
         raise ConfigError(f"{exp.name} trains {exp.task}, not a language model; stream evaluates LM experiments (lm)")
     if streams is not None and streams < 1:
         raise ConfigError(f"--streams must be >= 1, got {streams}")
+    if stream_bytes < 1:
+        raise ConfigError(f"--stream-bytes must be >= 1, got {stream_bytes}")
+    chosen = list(dict.fromkeys(p.strip() for p in points.split(",") if p.strip()))
+    if not chosen:
+        raise ConfigError(f"--points names no grid point; choose from {', '.join(p.name for p in exp.points)}")
     folder = _root(root, scale, exp.name)
-    chosen = [p.strip() for p in points.split(",") if p.strip()]
     results = run_streaming(exp, folder, chosen, stream_bytes=stream_bytes, streams=streams, log=click.echo)
-    command = (f"pipeline experiment stream {exp.name} --points {','.join(chosen)} --stream-bytes {stream_bytes}"
-               + (f" --streams {streams}" if streams else "") + f" --scale {scale} --seeds {exp.seeds}")
+    command = (f"pipeline experiment stream {exp.argument} --points {','.join(chosen)} --stream-bytes {stream_bytes}"
+               + (f" --streams {streams}" if streams else "") + f" --scale {scale} --seeds {exp.seeds}"
+               + (f" --root {shlex.quote(str(root))}" if root is not None else ""))
     out = stream_folder(folder, stream_bytes)
     atomic_write_text(out / "streaming.md", streaming_markdown(results, command))
     streaming_figure(results, out / "streaming.png", f"{exp.name}: bits per byte by position, memory carried "

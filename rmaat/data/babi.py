@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,12 @@ _PLACEMENT_TRIES = 1000
 _WINDOWS_PER_DRAW = 50
 
 
+#: How the errors of :class:`BabiConfig` name its options: ``pipeline data generate``'s flags by
+#: default; an experiment file passes its own keys (``data.segment_length``).
+FLAG_NAMES = {"length": "--length", "segment_length": "--segment-length", "n_facts": "--facts",
+              "fact_segments": "--fact-segments"}
+
+
 @dataclass(frozen=True)
 class BabiConfig:
     """How a memory-task set is made (all of it lands in ``generation.json``).
@@ -68,6 +74,7 @@ class BabiConfig:
         n_facts: fact sentences per story (qa1: moves; qa2: moves, pick-ups and drops).
         n_people: people per story (drawn from :data:`NAMES`).
         fact_segments: 0-based segments that may hold facts; None = every segment.
+        names: how error messages name the options (default :data:`FLAG_NAMES`); not stored.
     """
 
     task: str = "qa1"
@@ -76,15 +83,17 @@ class BabiConfig:
     n_facts: int = 4
     n_people: int = 4
     fact_segments: tuple[int, ...] | None = None
+    names: InitVar[dict[str, str] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, names: dict[str, str] | None) -> None:
+        n = FLAG_NAMES if names is None else names
         if self.task not in TASKS:
             raise ConfigError(f"unknown memory task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.segment_length < 1 or self.length < 1:
             raise ConfigError(f"length and segment length must be >= 1, got {self.length} and {self.segment_length}")
         if self.length % self.segment_length:
-            raise ConfigError(f"--length {self.length} is not a multiple of --segment-length {self.segment_length}; "
-                              f"use e.g. --length {self.length - self.length % self.segment_length or self.segment_length}")
+            raise ConfigError(f"{n['length']} {self.length} is not a multiple of {n['segment_length']} {self.segment_length}; "
+                              f"use e.g. {n['length']} {self.length - self.length % self.segment_length or self.segment_length}")
         minimum = 2 if self.task == "qa2" else 1
         if self.n_facts < minimum:
             raise ConfigError(f"{self.task} needs at least {minimum} facts per story, got {self.n_facts}")
@@ -100,13 +109,13 @@ class BabiConfig:
         if self.n_facts * longest_fact > capacity:
             raise ConfigError(f"{self.n_facts} facts of up to {longest_fact} bytes do not fit in "
                               f"{len(self.allowed_segments)} segment(s) of {self.segment_length} bytes; "
-                              "lengthen the segments, allow more --fact-segments or give fewer --facts")
+                              f"lengthen the segments, allow more {n['fact_segments']} or give fewer {n['n_facts']}")
         if self.segment_length < longest_fact:
-            raise ConfigError(f"--segment-length {self.segment_length} is shorter than a fact sentence "
+            raise ConfigError(f"{n['segment_length']} {self.segment_length} is shorter than a fact sentence "
                               f"(up to {longest_fact} bytes); use at least {longest_fact}")
         question = max(len(q) for q in _questions(self.task))
         if self.length < self.n_facts * longest_fact + question:
-            raise ConfigError(f"--length {self.length} cannot hold {self.n_facts} facts and the question; "
+            raise ConfigError(f"{n['length']} {self.length} cannot hold {self.n_facts} facts and the question; "
                               f"use at least {self.n_facts * longest_fact + question}")
 
     @property

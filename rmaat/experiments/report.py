@@ -1,6 +1,11 @@
 """An experiment's results from its run directories alone: ``results.csv`` (one row per run),
 ``results.md`` (mean ± std, n, 95% CI and the paper's number per grid point; accuracy by fact
-depth for the memory tasks) and a figure."""
+depth for the memory tasks) and a figure.
+
+A run whose config is not the one the experiment file now gives (the file was edited after it
+ran: :func:`rmaat.experiments.runner.run_state` calls it ``stale``) is listed in results.csv with
+``config`` = ``stale``, named in a warning at the top of results.md, and left out of every mean,
+interval and figure: its numbers answer another question."""
 
 from __future__ import annotations
 
@@ -12,11 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from retention.atomic import atomic_write
+from rmaat.errors import DataError
 from rmaat.experiments.spec import Experiment
 from rmaat.experiments.stats import Summary, summarise
 
 CSV_FIELDS = ("experiment", "scale", "point", "seed", "metric", "value", "test_accuracy", "val_accuracy",
-              "majority_baseline", "steps", "wall_time_s", "run_dir", "by_depth")
+              "majority_baseline", "steps", "wall_time_s", "run_dir", "by_depth", "config")
+
+
+def run_command(exp: Experiment, jobs: int | None = None, root: Path | None = None) -> str:
+    """The ``pipeline experiment run`` command that (re)makes these results, naming the
+    experiment as it was given (a file's path: its ``name`` alone names no packaged experiment)."""
+    import shlex
+
+    return (f"pipeline experiment run {exp.argument} --scale {exp.scale} --seeds {exp.seeds}"
+            + (f" --jobs {jobs}" if jobs is not None else "")
+            + (f" --root {shlex.quote(str(root))}" if root is not None else ""))
 
 
 def baseline_label(exp: Experiment) -> str:
@@ -27,9 +43,48 @@ def baseline_label(exp: Experiment) -> str:
     return "unigram bytes" if is_lm_task(exp.task) else "majority class"
 
 
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json; DataError (one line, naming the file) when it is not a JSON object."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable JSON summary ({error}); delete it and run the experiment "
+                        "again to redo that run") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{path}: a summary is a JSON object, this holds a {type(summary).__name__}; delete it "
+                        "and run the experiment again to redo that run")
+    return summary
+
+
+def _number(summary: dict[str, Any], key: str, path: Path) -> float | None:
+    """``summary[key]`` as a number, None when absent; DataError for anything else."""
+    value = summary.get(key)
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise DataError(f"{path}: {key} must be a number, got {value!r}")
+
+
+def _by_depth(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+    groups = summary.get("test_accuracy_by_depth") or {}
+    if not isinstance(groups, dict) or not all(isinstance(cell, dict) and isinstance(cell.get("accuracy"), (int, float))
+                                               for cell in groups.values()):
+        raise DataError(f"{path}: test_accuracy_by_depth must map segments to {{accuracy, n}}")
+    return groups
+
+
+def result_states(exp: Experiment, root: Path) -> dict[tuple[str, int, int], str]:
+    """``(point, seed, stage) -> run state`` (runner.job_states) for the configs the file gives now."""
+    from rmaat.experiments.runner import job_states, run_configs
+
+    return {(job.point, job.seed, i): state for job in run_configs(exp, root, log=lambda _: None, prepare=False)
+            for i, state in enumerate(job_states(job))}
+
+
 def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
     """One row per finished run and result stage (a summary.json in the point's last stage, or
-    in each named stage), in grid order; ``point`` is the row label."""
+    in each named stage), in grid order; ``point`` is the row label, ``config`` says whether the
+    run was made by the config the file gives now (``current``) or another one (``stale``)."""
+    states = result_states(exp, root)
     rows = []
     for label, point, stage in exp.result_rows():
         for seed in range(exp.seeds):
@@ -39,15 +94,35 @@ def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
             path = run_dir / "summary.json"
             if not path.is_file():
                 continue
-            s = json.loads(path.read_text())
+            s = read_summary(path)
             rows.append({
                 "experiment": exp.name, "scale": exp.scale, "point": label, "seed": seed,
-                "metric": exp.metric, "value": s.get(exp.metric), "test_accuracy": s.get("test_accuracy"),
-                "val_accuracy": s.get("val_accuracy"), "majority_baseline": s.get("majority_baseline", s.get("unigram_bpb")),
-                "steps": s.get("steps"), "wall_time_s": round(float(s.get("wall_time_s", 0.0)), 1),
-                "run_dir": str(run_dir), "by_depth": json.dumps(s.get("test_accuracy_by_depth") or {}),
+                "metric": exp.metric, "value": _number(s, exp.metric, path),
+                "test_accuracy": _number(s, "test_accuracy", path), "val_accuracy": _number(s, "val_accuracy", path),
+                "majority_baseline": _number(s, "majority_baseline", path) if "majority_baseline" in s
+                else _number(s, "unigram_bpb", path),
+                "steps": s.get("steps"), "wall_time_s": round(float(_number(s, "wall_time_s", path) or 0.0), 1),
+                "run_dir": str(run_dir), "by_depth": json.dumps(_by_depth(s, path)),
+                "config": "current" if states.get((point.name, seed, stage)) == "done" else "stale",
             })
     return rows
+
+
+def current_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of runs made by the file's present config (the ones every mean is taken over)."""
+    return [r for r in rows if r["config"] == "current"]
+
+
+def stale_warning(exp: Experiment, rows: list[dict[str, Any]]) -> str | None:
+    """One line naming the stale runs and what to do, or None when there are none."""
+    stale = [f"{r['point']} seed {r['seed']}" for r in rows if r["config"] == "stale"]
+    if not stale:
+        return None
+    shown = ", ".join(stale[:6]) + (f" and {len(stale) - 6} more" if len(stale) > 6 else "")
+    return (f"**Warning: {len(stale)} run(s) were made with another configuration than {exp.source} now gives "
+            f"(the file changed after they ran): {shown}. They are marked `stale` in results.csv and left out of "
+            f"the table and figure; rerun them with `{run_command(exp)} --force`, or run the experiment under a "
+            "new --root.**")
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -55,10 +130,10 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def point_summaries(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, Summary]:
-    """Summary of the metric per result row label that has finished runs."""
+    """Summary of the metric per result row label that has finished runs of the present config."""
     out = {}
     for label, _, _ in exp.result_rows():
-        values = [r["value"] for r in rows if r["point"] == label and r["value"] is not None]
+        values = [r["value"] for r in current_rows(rows) if r["point"] == label and r["value"] is not None]
         if values:
             out[label] = summarise(values)
     return out
@@ -67,28 +142,37 @@ def point_summaries(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, Su
 def depth_table(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """Mean test accuracy per grid point and depth segment (memory tasks), over seeds."""
     table: dict[str, dict[int, list[float]]] = {}
-    for row in rows:
+    for row in current_rows(rows):
         for depth, cell in json.loads(row["by_depth"]).items():
             table.setdefault(row["point"], {}).setdefault(int(depth), []).append(cell["accuracy"])
     return {p: {d: sum(v) / len(v) for d, v in sorted(cells.items())} for p, cells in table.items()}
 
 
 def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
-    """The results table (and the by-depth table) as markdown."""
+    """The results table (and the by-depth table) as markdown; stale runs are counted per row and
+    named in a warning, never averaged in."""
     summaries = point_summaries(exp, rows)
     lines = [f"### `{exp.name}` ({exp.scale} scale, task {exp.task})", "", exp.question.strip(), "",
-             f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`.", "",
-             f"| grid point | mean ± std | n | 95% CI | {baseline_label(exp)} | paper |", "|---|---|---|---|---|---|"]
+             f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`.", ""]
+    warning = stale_warning(exp, rows)
+    if warning:
+        lines += [warning, ""]
+    lines += [f"| grid point | mean ± std | n | 95% CI | {baseline_label(exp)} | paper |", "|---|---|---|---|---|---|"]
+    current = current_rows(rows)
     for label, _, _ in exp.result_rows():
         s = summaries.get(label)
         paper = exp.paper.get(label)
         paper_text = "–" if paper is None else f"{paper}"
+        n_stale = sum(1 for r in rows if r["point"] == label and r["config"] == "stale")
+        stale_text = f" (+{n_stale} stale)" if n_stale else ""
         if s is None:
-            lines.append(f"| {label} | not run | 0 | – | – | {paper_text} |")
+            finished = sum(1 for r in current if r["point"] == label)
+            state = f"no `{exp.metric}` in {finished} summaries" if finished else "stale only" if n_stale else "not run"
+            lines.append(f"| {label} | {state} | 0{stale_text} | – | – | {paper_text} |")
             continue
         # per row: the points of one experiment may train on different tasks (lra_shapes)
-        own = [r["majority_baseline"] for r in rows if r["point"] == label and r["majority_baseline"] is not None]
-        lines.append(f"| {label} | {_fmt(s.mean)} ± {_fmt(s.std)} | {s.n} | "
+        own = [r["majority_baseline"] for r in current if r["point"] == label and r["majority_baseline"] is not None]
+        lines.append(f"| {label} | {_fmt(s.mean)} ± {_fmt(s.std)} | {s.n}{stale_text} | "
                      f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] | {_fmt(sum(own) / len(own) if own else None)} | "
                      f"{paper_text} |")
     depths = depth_table(exp, rows)
@@ -109,6 +193,7 @@ def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = current_rows(rows)  # a stale run's numbers answer another question
     summaries = point_summaries(exp, rows)
     depths = depth_table(exp, rows)
     fig, axes = plt.subplots(1, 2 if depths else 1, figsize=(11 if depths else 6, 4), squeeze=False)
@@ -180,7 +265,7 @@ def write_report(exp: Experiment, root: Path, command: str) -> dict[str, Path]:
     if not rows:
         from rmaat.errors import RMAATUserError
 
-        raise RMAATUserError(f"no finished runs under {root}; run it first: pipeline experiment run {exp.name}")
+        raise RMAATUserError(f"no finished runs under {root}; run it first: {run_command(exp)}")
     root.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, fig_path = root / "results.csv", root / "results.md", root / f"{exp.name}.png"
     table = io.StringIO(newline="")

@@ -3,7 +3,9 @@
 For each chosen grid point and seed, the run's ``best.pt`` reads long held-out streams with its
 memory carried across every segment (:func:`rmaat.lm_stream.evaluate_stream`: bits per byte by
 position for each retention rule). One JSON per run is kept under
-``<root>/streaming-<bytes>/`` (a finished one is not redone), and the seeds are summarised in
+``<root>/streaming-<bytes>/`` (one made for the same ``--streams`` and the same trained run is
+not redone; the folder is made with its first file, so a failed call leaves none), and the seeds
+are summarised in
 ``streaming.md`` (mean ± std of bpb within and past the training length, per rule) and
 ``streaming.png`` (mean bpb against position, one line per point and rule).
 """
@@ -22,7 +24,34 @@ from rmaat.experiments.spec import Experiment
 
 
 def stream_folder(root: Path, stream_bytes: int) -> Path:
+    """Where the streaming results of ``stream_bytes``-byte streams live."""
     return root / f"streaming-{stream_bytes}"
+
+
+def cache_key(streams: int | None, summary: dict[str, Any]) -> dict[str, Any]:
+    """What a cached result depends on besides the stream length (the folder): the number of
+    streams asked for, and the trained run (its config hash; a replaced run has a new one)."""
+    return {"streams": streams, "config_hash": summary.get("config_hash")}
+
+
+def _trained(exp: Experiment, root: Path, point: str, seed: int) -> tuple[Path, dict[str, Any]]:
+    """``(best.pt, summary)`` of a finished run; RMAATUserError naming the command otherwise."""
+    from rmaat.experiments.report import read_summary, run_command
+
+    run_dir = root / point / f"seed{seed}"
+    if not (run_dir / "summary.json").is_file():
+        raise RMAATUserError(f"{point} seed {seed} has not finished training ({run_dir}); "
+                             f"run `{run_command(exp)}` first")
+    return run_dir / "checkpoints" / "best.pt", read_summary(run_dir / "summary.json")
+
+
+def _cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The result stored at ``path`` if it was made for ``key``, else None (it is redone)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("cache_key") == key else None
 
 
 def run_streaming(exp: Experiment, root: Path, points: list[str], *, stream_bytes: int, streams: int | None,
@@ -32,27 +61,27 @@ def run_streaming(exp: Experiment, root: Path, points: list[str], *, stream_byte
     from rmaat.train.metrics import atomic_write_text
 
     known = [p.name for p in exp.points]
+    points = list(dict.fromkeys(points))  # "a,a" evaluates a once
+    if not points:
+        raise ConfigError(f"--points names no grid point; choose from {', '.join(known)}")
     unknown = [p for p in points if p not in known]
     if unknown:
         raise ConfigError(f"unknown grid point(s) {', '.join(unknown)} of {exp.name}; choose from {', '.join(known)}")
+    # every run is checked before any is evaluated: a missing one fails now, not after the others
+    trained = {(point, seed): _trained(exp, root, point, seed) for point in points for seed in range(exp.seeds)}
     folder = stream_folder(root, stream_bytes)
-    folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict[str, Any]]] = {}
-    for point in points:
-        for seed in range(exp.seeds):
-            out = folder / f"{point}-seed{seed}.json"
-            if out.is_file():
-                results.setdefault(point, {})[seed] = json.loads(out.read_text())
-                continue
-            checkpoint = root / point / f"seed{seed}" / "checkpoints" / "best.pt"
-            if not (checkpoint.parent.parent / "summary.json").is_file():
-                raise RMAATUserError(f"{point} seed {seed} has not finished training ({checkpoint.parent.parent}); "
-                                     f"run `pipeline experiment run {exp.name}` first")
+    for (point, seed), (checkpoint, summary) in trained.items():
+        out = folder / f"{point}-seed{seed}.json"
+        key = cache_key(streams, summary)
+        result = _cached(out, key)
+        if result is None:
             result = stream_evaluate_checkpoint(checkpoint, split=split, device="cpu", stream_bytes=stream_bytes,
                                                 max_streams=streams)
-            atomic_write_text(out, json.dumps(result) + "\n")
+            result["cache_key"] = key
+            atomic_write_text(out, json.dumps(result) + "\n")  # makes the folder with its first file
             log(f"{point} seed {seed}: " + ", ".join(f"{m} {r['bpb']:.4f}" for m, r in result["modes"].items()))
-            results.setdefault(point, {})[seed] = result
+        results.setdefault(point, {})[seed] = result
     return results
 
 
