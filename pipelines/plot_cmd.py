@@ -60,6 +60,11 @@ def load_simulation(path: Path) -> xr.Dataset:
     except Exception as error:  # any decoding failure means a bad file, not a bug here
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SimulationInputError(f"{path} is not a readable netCDF file ({reason}); {hint}") from None
+    if "retention_factor" in ds.data_vars:  # the .nc `pipeline simulate` writes: a natural mistake
+        raise SimulationInputError(
+            f"{path} is a retention table (what `pipeline simulate` writes), not a simulation Dataset: "
+            f"`plot simulation` draws the Dataset of neuro_sim.simulate(...).to_netcdf(PATH) (see "
+            f"scripts/make_figures.sh); draw this table with `pipeline plot retention {path}`")
     return ds
 
 
@@ -79,7 +84,10 @@ def plot() -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @_out_options("simulation.png")
 def simulation(file: Path, out: Path, svg: bool) -> None:
-    """Ca2+, IP3, gliotransmitter, LTP and STP traces of a simulation Dataset FILE (netCDF)."""
+    """Ca2+, IP3, gliotransmitter, LTP and STP traces of a simulation Dataset FILE (netCDF).
+
+    FILE is the Dataset of ``neuro_sim.simulate(...).to_netcdf(FILE)``, not the retention table
+    that `pipeline simulate` writes (draw that with `pipeline plot retention TABLE`)."""
     _report(figures.plot_simulation(load_simulation(file), _check_out(out), svg=svg))
 
 

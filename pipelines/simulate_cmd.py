@@ -27,16 +27,17 @@ from retention.macro_model import DEFAULT_FAMILIES, ModelSelection, fit_macro_mo
 from retention.table import (
     build_table,
     format_ranges,
-    merge_tables,
     read_table,
+    update_table,
     user_table_path,
-    write_table,
 )
 
 #: The fit always sees at least this many segments, so that three-parameter families are
 #: well determined and the plateau is visible even when only T = 2 is requested.
 MIN_FIT_SEGMENTS = 16
 FAMILY_CHOICES = ("auto",) + DEFAULT_FAMILIES
+#: What to do about an --out that exists but is not a valid table.
+KEEP_HINT = "refusing to overwrite it: pass --force to replace it or choose another --out"
 
 
 def parse_segments(specs: tuple[str, ...]) -> list[int]:
@@ -129,9 +130,10 @@ def simulate(segments: tuple[str, ...], model: str, out: Path | None, force: boo
         raise SimulationInputError(f"--dt must be a positive number of seconds, got {dt_s}")
     out = (out or user_table_path()).expanduser()
     _check_writable(out)
-    existing = None
     if out.exists() and not force:
-        existing = read_table(out, fix_hint="refusing to overwrite it: pass --force to replace it or choose another --out")
+        # checked now, before minutes of simulation; read again (under the table's lock) to
+        # merge, since another simulation may add rows to it meanwhile
+        read_table(out, fix_hint=KEEP_HINT)
     n_fit = max(requested[-1], MIN_FIT_SEGMENTS)
 
     # ---- simulate, fit, tabulate
@@ -144,10 +146,7 @@ def simulate(segments: tuple[str, ...], model: str, out: Path | None, force: boo
     ltp = np.asarray(sim["ltp_end"].values, dtype=float)[:n_fit]  # (n_fit,)
     families = DEFAULT_FAMILIES if family == "auto" else (family,)
     selection = fit_macro_model(ltp, families=families)
-    table = build_table(sim, selection, requested)
-    if existing is not None:
-        table = merge_tables(existing, table)
-    write_table(table, out)
+    table = update_table(build_table(sim, selection, requested), out, replace=force, fix_hint=KEEP_HINT)
     if not quiet:
         for line in _summary(selection, table, requested, out, ltp.size, model, seconds):
             click.echo(line)

@@ -14,6 +14,7 @@ torch is imported only when a command runs, inside the rmaat.train modules.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
@@ -133,7 +134,8 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
         click.echo(f"run directory: {trainer.run_dir}", err=True)
     summary = trainer.fit()
     if summary is None and trainer.stop_reason == "signal":
-        raise SystemExit(130)
+        # a shell's status for a process its signal stopped: 130 for SIGINT, 143 for SIGTERM
+        raise SystemExit(128 + (trainer.stop_signal or signal.SIGINT))
 
 
 @click.command()
@@ -158,10 +160,15 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, stre
              as_json) -> None:
     """Report a checkpoint's accuracy on a split, next to the majority-class baseline
     (byte LMs: bits per byte next to the unigram byte baseline, or by position with --stream-bytes)."""
+    from pipelines.options import check_device, check_output_file
     from rmaat.errors import ConfigError
+    from rmaat.lm_stream import FIGURE_SUFFIXES
 
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    check_device(device)
+    if figure is not None:  # a figure that cannot be written fails now, not after the (long) streaming pass
+        check_output_file(figure, "--figure", FIGURE_SUFFIXES)
     from rmaat.data.kjv_lm import is_lm_task
     from rmaat.train.checkpoint import load_checkpoint
 
@@ -174,8 +181,8 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, stre
         raise ConfigError("--stream-bytes, --streams and --figure are for byte-LM checkpoints (pipeline train --task kjv_lm)")
     from rmaat.train.trainer import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device, batch_size=batch_size,
-                                 by=by, segments=segments)
+    result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device,
+                                 batch_size=batch_size, by=by, segments=segments)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -207,18 +214,15 @@ def _evaluate_lm(checkpoint, split, data_dir, device, batch_size, stream_bytes, 
         return
     if streams is not None and streams < 1:
         raise ConfigError(f"--streams must be >= 1, got {streams}")
-    from retention.atomic import output_path
     from rmaat.train.lm_trainer import stream_evaluate_checkpoint
-
-    figure_path = None if figure is None else output_path(figure)  # a bad path fails before the long pass
 
     result = stream_evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device,
                                         stream_bytes=stream_bytes, max_streams=streams)
-    if figure_path is not None:
+    if figure is not None:
         from rmaat.lm_stream import plot_stream
 
-        plot_stream(result, figure_path, f"{result['preset']} (step {result['step']}): bits per byte "
-                                                 f"by position, {split} split")
+        plot_stream(result, figure, f"{result['preset']} (step {result['step']}): bits per byte "
+                                    f"by position, {split} split")
     if as_json:
         click.echo(json.dumps(result))
         return

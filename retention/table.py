@@ -30,7 +30,9 @@ numbers in the JSON (an undetermined standard error) are written as null.
 
 Writes are atomic (temporary file in the target directory, then ``os.replace``), and
 both writing and reading validate the table; ``read_table`` raises
-``RetentionTableError`` naming the file and what is wrong.
+``RetentionTableError`` naming the file and what is wrong.  ``update_table`` reads, merges
+and writes under the table's lock (``.<name>.lock`` beside it, :mod:`retention.lock`), so
+that two simulations into one table both keep their rows: the second waits for the first.
 
 ``load_retention_factors(T)`` looks up, in order: an explicit ``path`` (only that file);
 otherwise the user table (``$RMAAT_RETENTION_TABLE``, else
@@ -45,11 +47,13 @@ error, never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import json
 import math
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -58,9 +62,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from retention.atomic import atomic_write_path
+from retention.atomic import atomic_write_path, output_path
 from retention.errors import RetentionTableError
 from retention.factors import VARIANTS, factor_matrix
+from retention.lock import FileLock, LockBusyError
 from retention.macro_model import ModelSelection
 
 TABLE_VARIABLE = "retention_factor"
@@ -431,6 +436,52 @@ def write_table(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     beside the target, then os.replace; a symlink is written through). Returns the file written."""
     validate_table(ds, "the table to write")
     return atomic_write_path(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
+
+
+#: How long :func:`update_table` waits for another process's update of the same table. An
+#: update holds the lock for one read, merge and write (seconds), so only a hung one lasts this.
+TABLE_LOCK_TIMEOUT_S = 120.0
+
+
+def table_lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of the table at ``path``: ``.<name>.lock`` beside the file a write of
+    ``path`` replaces (symlinks followed, so that every name of one table shares one lock)."""
+    target = output_path(path)
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def table_lock(path: str | os.PathLike, timeout: float | None = TABLE_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """``with table_lock(path):`` hold the update lock of the table at ``path``, waiting up to
+    ``timeout`` seconds (None: for good) while another process holds it; RetentionTableError
+    naming that process if it does not finish in time."""
+    lock = FileLock(table_lock_path(path))
+    try:
+        lock.acquire(timeout=timeout)
+    except LockBusyError as busy:
+        who = busy.owner.describe() if busy.owner else "another process"
+        raise RetentionTableError(f"{path} is being updated by {who}, still after {timeout:g} s of waiting; "
+                                  f"try again once it has finished") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def update_table(new: xr.Dataset, path: str | os.PathLike, *, replace: bool = False, fix_hint: str | None = None,
+                 lock_timeout: float | None = TABLE_LOCK_TIMEOUT_S) -> xr.Dataset:
+    """Merge ``new`` into the table at ``path`` (:func:`merge_tables`; a new file if there is
+    none) and write it; with ``replace``, write ``new`` alone. Returns the table written.
+
+    Read, merge and write happen under :func:`table_lock`: the table is read *now*, not when the
+    caller started, so rows another process added meanwhile are kept, and a concurrent update
+    waits rather than writing over this one. ``fix_hint`` as in :func:`read_table`."""
+    with table_lock(path, lock_timeout):
+        table = new
+        if not replace and Path(path).exists():
+            table = merge_tables(read_table(path, fix_hint=fix_hint), new)
+        write_table(table, path)
+    return table
 
 
 # ----------------------------------------------------------------------------- lookup

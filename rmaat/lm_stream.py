@@ -40,6 +40,8 @@ from rmaat.errors import ConfigError, DataError
 from rmaat.lm import CausalLM
 
 MODES = ("train", "paper", "streaming", "carry", "reset")
+#: The formats :func:`plot_stream` writes, chosen by the file's suffix.
+FIGURE_SUFFIXES = (".png", ".svg")
 
 
 def streaming_factors(n: int, table: str | None = None) -> tuple[np.ndarray, int]:
@@ -187,7 +189,13 @@ def format_stream(result: dict[str, Any]) -> str:
 
 
 def plot_stream(result: dict[str, Any], path, title: str) -> None:
-    """bpb against position (bytes) for each rule, with the training context marked; PNG/SVG by suffix."""
+    """bpb against position (bytes) for each rule, with the training context marked; PNG/SVG by suffix
+    (ConfigError for another suffix: its bytes would not be the format its name says)."""
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_SUFFIXES:
+        raise ConfigError(f"figure {path} must end in {' or '.join(FIGURE_SUFFIXES)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +215,7 @@ def plot_stream(result: dict[str, Any], path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fmt = "svg" if str(path).lower().endswith(".svg") else "png"
+    fmt = suffix[1:]
     try:
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
         atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=120, metadata=metadata))

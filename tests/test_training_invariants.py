@@ -161,14 +161,15 @@ def _signal_during_step_3(monkeypatch, *signals):
 
 
 def test_sigterm_saves_a_checkpoint_as_ctrl_c_does(listops_dir, tmp_path, monkeypatch):
-    """SIGTERM (a cluster's time limit) finishes the step, saves last.pt and exits with 130, and
-    the SIGTERM handler from before the run is back afterwards."""
+    """SIGTERM (a cluster's time limit) finishes the step, saves last.pt and exits with 143
+    (128 + SIGTERM's 15, not SIGINT's 130), and the SIGTERM handler from before the run is back
+    afterwards."""
     run_dir = tmp_path / "run"
     _signal_during_step_3(monkeypatch, signal.SIGTERM)
     before = signal.getsignal(signal.SIGTERM)
     result = CliRunner().invoke(cli, ["train", *map(str, (*RESUME_ARGS, "--data-dir", listops_dir,
                                                           "--run-dir", run_dir))])
-    assert result.exit_code == 130, result.output
+    assert result.exit_code == 143, result.output
     assert "stopped at step 3/10" in result.output
     assert signal.getsignal(signal.SIGTERM) is before
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 3

@@ -75,18 +75,36 @@ def kjv_split_text(split: str) -> bytes:
     return "\n".join(books).encode("ascii")
 
 
-def load_byte_split(split: str, data_dir: str | Path | None = None) -> np.ndarray:
-    """One split as a (n,) uint8 array: the KJV (``data_dir`` None) or ``data_dir/<split>.txt``."""
+def split_source(split: str, data_dir: str | Path | None = None) -> str:
+    """How messages name a split: its file, or "the KJV <split> split" (``data_dir`` None)."""
+    if split not in SPLIT_FILES:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_FILES)}")
+    if data_dir is None:
+        return f"the KJV {split} split"
+    return str(Path(data_dir).expanduser() / SPLIT_FILES[split])
+
+
+def load_byte_split(split: str, data_dir: str | Path | None = None, *, context: int | None = None,
+                    fix: str = "lower data.seq_len (--seq-len)") -> np.ndarray:
+    """One split as a (n,) uint8 array: the KJV (``data_dir`` None) or ``data_dir/<split>.txt``.
+
+    ``context``: the bytes one window reads; the split must hold one window and the byte after
+    it (its target), else a DataError naming the file, its length, the length needed and ``fix``.
+    Checked where the split is read, so that a run refuses a short file before it writes
+    anything, not at the first evaluation of that split."""
     if data_dir is None:
         data = kjv_split_text(split)
     else:
-        path = Path(data_dir).expanduser() / SPLIT_FILES[split]
+        path = Path(split_source(split, data_dir))
         if not path.is_file():
             raise DataError(f"{path} does not exist: a byte-LM data directory holds "
                             f"{', '.join(SPLIT_FILES.values())} (or leave data.data_dir unset for the KJV)")
         data = path.read_bytes()
     if len(data) < 2:
-        raise DataError(f"the {split} split has {len(data)} byte(s); a language model needs at least 2")
+        raise DataError(f"{split_source(split, data_dir)} has {len(data)} byte(s); a language model needs at least 2")
+    if context is not None and len(data) < context + 1:
+        raise DataError(f"{split_source(split, data_dir)} has {len(data):,} bytes, fewer than the {context + 1:,} "
+                        f"of one {context:,}-byte window and the byte after it; {fix}")
     return np.frombuffer(data, dtype=np.uint8).copy()
 
 

@@ -8,7 +8,7 @@ makes an interrupted run resume exactly (see the trainer's module docstring).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -78,12 +78,15 @@ def build_run_model(config: RunConfig, spec: Any, retention_factors: Any = None)
     return model, rf
 
 
-def load_splits(config: RunConfig, spec: Any, splits: tuple[str, ...]) -> dict[str, Dataset]:
+def load_splits(config: RunConfig, spec: Any, splits: tuple[str, ...],
+                length_fix: Callable[[int], str] | None = None) -> dict[str, Dataset]:
     """The requested splits of the run's task, cut to ``data.seq_len`` from the side that
     ``data.truncate`` names (DataError from the data layer passes through).
 
     A memory task's examples all have the generated length and end with the question, so a run
     must use that length; a shorter one is refused unless it keeps the end (``truncate=left``).
+    ``length_fix(example_length)`` says how to fix that in the caller's options (default:
+    ``pipeline train``'s ``--seq-len``).
     """
     from rmaat.data import load_split
 
@@ -101,7 +104,8 @@ def load_splits(config: RunConfig, spec: Any, splits: tuple[str, ...]) -> dict[s
             continue
         raise DataError(
             f"the {spec.name} data under {data_dir} has {length}-byte examples ending with the question, "
-            f"but data.seq_len is {config.data.seq_len}: use --seq-len {length}"
+            f"but data.seq_len is {config.data.seq_len}: "
+            + (length_fix(length) if length_fix is not None else f"use --seq-len {length}")
             + (" (or keep only the end with --set data.truncate=left)" if config.data.seq_len < length else ""))
     return out
 

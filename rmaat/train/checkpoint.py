@@ -6,15 +6,24 @@ someone else). Keys::
 
     format, step, config (dict), config_hash, model, optimizer, scheduler,
     rng {torch, cuda, numpy, python}, data_position {epoch, index},
-    best_val_accuracy, best_step, elapsed_s, tokens_seen, retention_factors
+    best_val_accuracy, best_step, elapsed_s, tokens_seen, retention_factors, tensor_sha256
 
 Writes go to a temporary file in the same directory and are moved into place with
 ``os.replace``, so an interrupted write never leaves a truncated ``last.pt``.
+
+``tensor_sha256`` (added by :func:`atomic_torch_save`) is a SHA-256 over every tensor of the
+checkpoint: its place in the dict, dtype, shape and bytes (:func:`tensor_digest`). torch's zip
+format checks no sums, so bytes damaged after the save (a bad disk, a copy cut short and
+patched) would load silently as other weights; :func:`load_checkpoint` recomputes the digest
+and refuses a file that no longer matches. Checkpoints written before the digest existed have
+no such key and load as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +34,45 @@ from rmaat.errors import CheckpointError
 from retention.atomic import atomic_write
 
 FORMAT = "rmaat-train-checkpoint/1"
+#: The key of the tensors' digest in a checkpoint dict (see the module docstring).
+DIGEST_KEY = "tensor_sha256"
+
+
+def _tensors(value: Any, where: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(path in the nested dict/list, tensor) of every tensor under ``value``, in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, dict):
+        # keys are str or int (optimizer state): sort by repr, which tells 0 from "0"
+        for key in sorted(value, key=repr):
+            if not (where == "" and key == DIGEST_KEY):
+                yield from _tensors(value[key], f"{where}/{key!r}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{where}[{i}]")
+
+
+def tensor_digest(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of every tensor of ``state``: its path, dtype, shape and values' bytes.
+
+    The values are hashed as a contiguous CPU copy, so a view and the tensor it views alike
+    hash as what they hold, wherever ``map_location`` put them."""
+    digest = hashlib.sha256()
+    for where, tensor in _tensors(state):
+        digest.update(f"{where}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        # as raw bytes: numpy has no bfloat16, and a byte view copies nothing
+        digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return digest.hexdigest()
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (``retention.atomic``: fsynced temp file, os.replace)."""
+    """``torch.save`` to ``path`` atomically (``retention.atomic``: fsynced temp file, os.replace).
+
+    A dict is written with its :func:`tensor_digest` under ``tensor_sha256`` (a copy: the
+    caller's dict is left as it was)."""
+    if isinstance(obj, dict):
+        obj = {**obj, DIGEST_KEY: tensor_digest(obj)}
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
@@ -61,7 +105,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = {"step", "config", "config_hash", "model"} - set(state)
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}; it is incomplete")
+    _check_digest(state, path)
     return state
+
+
+def _check_digest(state: dict[str, Any], path: Path) -> None:
+    """CheckpointError if the tensors no longer match the digest saved with them (none: an old file)."""
+    stored = state.get(DIGEST_KEY)
+    if stored is None:
+        return
+    if tensor_digest(state) != stored:
+        raise CheckpointError(f"checkpoint {path} is damaged: its tensors no longer match the digest written "
+                              f"with them (sha256 {str(stored)[:12]}...); use another copy or checkpoint, "
+                              "or retrain")
 
 
 # ----------------------------------------------------------------------------- RNG

@@ -144,6 +144,9 @@ class TrainSection:
     ``init_from`` starts from the weights of another run's checkpoint (a curriculum over the
     segment count, as RMT and BABILong train): every parameter is taken from it, and the
     retention factors stay this run's RF(., T). Optimiser and schedule start afresh.
+    ``evaluate_test: false`` never loads or scores the test split: a tuning run
+    (:mod:`rmaat.experiments.tuning`) is chosen on validation alone, and its summary holds no test
+    numbers, so no choice can have seen the test split.
     """
 
     max_steps: int = 10000
@@ -160,6 +163,7 @@ class TrainSection:
     stop_after: int | None = None
     init_from: str | None = None
     compile: bool = False
+    evaluate_test: bool = True
 
 
 @dataclass

@@ -87,8 +87,10 @@ def _import_world_capturing_modules() -> None:
     import torch.nn.parallel.distributed  # noqa: F401
 
 
-#: Name prefixes (``/proc/self/task/*/comm``) of the threads torch's c10d backends start.
-BACKEND_THREAD_PREFIXES = ("pt_gloo", "gloo_", "pt_nccl")
+#: Name prefixes (``/proc/self/task/*/comm``) of the c10d threads that hold work items, and so
+#: tensors with Python objects: gloo's workers and NCCL's watchdog and heartbeat monitor. (gloo's
+#: transport loop, ``gloo_tcp_loop``, holds none; it can outlive the group for a moment.)
+BACKEND_THREAD_PREFIXES = ("pt_gloo", "pt_nccl")
 
 
 def backend_threads() -> list[str]:

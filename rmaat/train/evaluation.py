@@ -103,6 +103,16 @@ def group_ids(dataset: Dataset, by: str | None) -> np.ndarray | None:
 GROUPINGS = {"depth": "depth_segment"}
 
 
+def _length_fix(config: Any, segments: int | None, length: int) -> str:
+    """How ``pipeline evaluate`` reaches examples of ``length`` bytes (it has no --seq-len)."""
+    segment_len = config.data.seq_len // config.model.segments
+    asked = f"--segments {segments} reads" if segments is not None else "the checkpoint reads"
+    fix = f"{asked} {config.data.seq_len}-byte inputs: pass --data-dir with {config.data.seq_len}-byte examples"
+    if length % segment_len == 0:
+        fix += f", or --segments {length // segment_len} for these ({length // segment_len} x {segment_len} bytes)"
+    return fix
+
+
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
                         device: str = "auto", batch_size: int | None = None, by: str | None = None,
                         segments: int | None = None) -> dict[str, Any]:
@@ -133,7 +143,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
         resegment(config, segments)
     config.validate()
     spec = get_task(config.task)
-    dataset = load_splits(config, spec, (split,))[split]
+    dataset = load_splits(config, spec, (split,), length_fix=lambda length: _length_fix(config, segments, length))[split]
     model, retention_factors = build_run_model(config, spec, retention_factors)
     weights = dict(state["model"])
     if segments is not None and "retention_factors" in weights:  # the trained T's: keep the new T's

@@ -154,7 +154,10 @@ class LMTrainer(Trainer):
     def _build(self, retention_factors: Any) -> None:
         cfg = self.config
         self.spec = None
-        self.data = {split: load_byte_split(split, cfg.data.data_dir) for split in ("train", "val", "test")}
+        # every split must hold one context: checked here, before the run directory is written
+        fix = "lower data.seq_len (--seq-len)" + ("" if cfg.data.data_dir is None else " or give a longer file")
+        self.data = {split: load_byte_split(split, cfg.data.data_dir, context=cfg.data.seq_len, fix=fix)
+                     for split in self.splits}
         torch.manual_seed(cfg.train.seed)  # every rank builds the same initial parameters
         self.model, self.retention_factors = build_run_lm(cfg)
         self.backprop = lm_backprop(cfg)
@@ -209,6 +212,13 @@ class LMTrainer(Trainer):
 
     def _finish(self) -> dict[str, Any]:
         final_val, digests = self._final_validation()
+        title = f"{self.title}: {self.config.model.preset} ({self.backprop})"
+        if not self.config.train.evaluate_test:  # a tuning run: validation only
+            base = baselines(self.data["train"], self.data["val"], final_val, self.config.data.seq_len)
+            summary = lm_run_summary(self, None, final_val, base)
+            self._publish(summary, digests, format_lm_summary(summary), baseline=base["unigram_bpb"],
+                          metric="bpb", title=title)
+            return summary
         test = self._evaluate("test", full=True)
         base = baselines(self.data["train"], self.data["test"], test, self.config.data.seq_len)
         self.logger.log({"step": self.step, "split": "test", **self._val_record(test), **base,
@@ -219,16 +229,18 @@ class LMTrainer(Trainer):
         return summary
 
 
-def lm_run_summary(trainer: LMTrainer, test: dict[str, Any], final_val: dict[str, Any],
+def lm_run_summary(trainer: LMTrainer, test: dict[str, Any] | None, final_val: dict[str, Any],
                    base: dict[str, float]) -> dict[str, Any]:
-    """summary.json of a finished LM run."""
+    """summary.json of a finished LM run (``test`` None: the test split was not scored, and the
+    baselines ``base`` are those of the validation bytes)."""
     cfg, model = trainer.config, trainer.model
     return {
         "task": cfg.task, "task_title": trainer.title, "is_lra": False, "objective": "lm",
         "preset": cfg.model.preset, "backprop": trainer.backprop, "steps": trainer.step,
         "best_step": trainer.best_step, "val_bpb": -trainer.best_val, "final_val_bpb": final_val["bpb"],
-        "test_bpb": test["bpb"], "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-        **base, "n_val": final_val["n"], "n_test": test["n"],
+        **({} if test is None else {"test_bpb": test["bpb"], "test_loss": test["loss"],
+                                     "test_accuracy": test["accuracy"], "n_test": test["n"]}),
+        **base, "n_val": final_val["n"],
         "wall_time_s": trainer.elapsed(), "train_tokens_per_s": trainer.tokens_seen / max(trainer.train_time, 1e-9),
         "train_time_s": trainer.train_time, "parameters": model.num_parameters(),
         "device": str(trainer.device), "world_size": trainer.info.world_size, "seq_len": cfg.data.seq_len,
@@ -240,6 +252,11 @@ def lm_run_summary(trainer: LMTrainer, test: dict[str, Any], final_val: dict[str
 
 def format_lm_summary(summary: dict[str, Any]) -> str:
     """The lines ``pipeline train`` prints at the end of an LM run."""
+    if "test_bpb" not in summary:  # train.evaluate_test: false
+        return (f"{summary['task_title']}, {summary['preset']} ({summary['backprop']}), "
+                f"{summary['steps']} steps in {summary['wall_time_s']:.1f} s (test split not scored)\n"
+                f"  best val bits/byte {summary['val_bpb']:.4f}; final val bits/byte {summary['final_val_bpb']:.4f} "
+                f"vs unigram byte baseline {summary['unigram_bpb']:.4f} (byte bigram {summary['bigram_bpb']:.4f})")
     return (f"{summary['task_title']}, {summary['preset']} ({summary['backprop']}), "
             f"{summary['steps']} steps in {summary['wall_time_s']:.1f} s, {summary['parameters']:,} parameters\n"
             f"  test bits/byte {summary['test_bpb']:.4f} vs unigram byte baseline {summary['unigram_bpb']:.4f} "
@@ -286,7 +303,9 @@ def evaluate_lm_checkpoint(path: str | Path, *, split: str = "test", data_dir: s
     with distributed_session(device) as (info, torch_device):
         model, config, state = load_lm_checkpoint(path, torch_device)
         config.data.data_dir = _data_dir(config, data_dir, path)
-        data = load_byte_split(split, config.data.data_dir)
+        data = load_byte_split(split, config.data.data_dir, context=config.data.seq_len,
+                               fix=f"the checkpoint reads {config.data.seq_len}-byte contexts: give --data-dir "
+                                   "with a longer file")
         bs = batch_size or config.train.batch_size // config.train.grad_accum
         result = evaluate_lm(model, data, length=config.data.seq_len, batch_size=bs, device=torch_device,
                              precision=config.train.precision, info=info)
@@ -305,7 +324,8 @@ def stream_evaluate_checkpoint(path: str | Path, *, split: str = "test", data_di
 
     with distributed_session(device) as (_, torch_device):
         model, config, state = load_lm_checkpoint(path, torch_device)
-        data = load_byte_split(split, _data_dir(config, data_dir, path))
+        data = load_byte_split(split, _data_dir(config, data_dir, path), context=stream_bytes,
+                               fix="lower --stream-bytes")
         result = evaluate_stream(model, data, stream_bytes=stream_bytes, train_segments=config.model.segments,
                                  loader=retention_loader(config), max_streams=max_streams, device=torch_device)
     result.update({"split": split, "task": config.task, "preset": config.model.preset, "step": int(state["step"]),

@@ -15,17 +15,20 @@ if TYPE_CHECKING:
     from rmaat.train.trainer import Trainer
 
 
-def run_summary(trainer: Trainer, test: dict[str, Any], final_val: dict[str, Any]) -> dict[str, Any]:
+def run_summary(trainer: Trainer, test: dict[str, Any] | None, final_val: dict[str, Any]) -> dict[str, Any]:
     """The record of a finished run (``summary.json``, Contract 6) from its trainer and its final
-    test (best checkpoint) and validation results."""
+    test (best checkpoint; None for a run that does not score the test split) and validation results."""
     cfg, model = trainer.config, trainer.model
+    scored = {} if test is None else {
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"], "majority_baseline": test["majority_baseline"],
+        "n_test": test["n"]}
     return {
-        "task": cfg.task, **dict(zip(("task_title", "is_lra"), task_identity(trainer.spec, trainer.data["test"]))),
+        "task": cfg.task, **dict(zip(("task_title", "is_lra"),
+                                     task_identity(trainer.spec, trainer.data.get("test", trainer.data["val"])))),
         "preset": cfg.model.preset, "backprop": model.cfg.backprop,
         "steps": trainer.step, "best_step": trainer.best_step,
-        "val_accuracy": trainer.best_val, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "majority_baseline": test["majority_baseline"], "val_majority_baseline": final_val["majority_baseline"],
-        "final_val_accuracy": final_val["accuracy"], "n_val": final_val["n"], "n_test": test["n"],
+        "val_accuracy": trainer.best_val, **scored, "val_majority_baseline": final_val["majority_baseline"],
+        "final_val_accuracy": final_val["accuracy"], "n_val": final_val["n"],
         "wall_time_s": trainer.elapsed(), "train_tokens_per_s": trainer.tokens_seen / max(trainer.train_time, 1e-9),
         "train_time_s": trainer.train_time,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -56,6 +59,11 @@ def parameter_digest(model: torch.nn.Module) -> str:
 def format_summary(summary: dict[str, Any]) -> str:
     """The lines ``pipeline train`` prints at the end of a run."""
     stand_in = "" if summary.get("is_lra", True) else " [stand-in task, not an LRA result]"
+    if "test_accuracy" not in summary:  # train.evaluate_test: false
+        return (f"{summary['task_title']}{stand_in}, {summary['preset']} ({summary['backprop']}), "
+                f"{summary['steps']} steps in {summary['wall_time_s']:.1f} s (test split not scored)\n"
+                f"  best val accuracy {summary['val_accuracy']:.4f} (step {summary['best_step']}); final val accuracy "
+                f"{summary['final_val_accuracy']:.4f} vs majority-class baseline {summary['val_majority_baseline']:.4f}")
     return (f"{summary['task_title']}{stand_in}, {summary['preset']} ({summary['backprop']}), "
             f"{summary['steps']} steps in {summary['wall_time_s']:.1f} s\n"
             f"  test accuracy {summary['test_accuracy']:.4f} vs majority-class baseline "

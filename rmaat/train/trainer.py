@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from retention.lock import FileLock
 from rmaat.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 # Re-exported: callers and tests import these from ``rmaat.train.trainer`` (they lived here
 # before batching and evaluation became modules of their own).
@@ -48,7 +49,9 @@ from rmaat.train.distributed import (
 )
 from rmaat.train.evaluation import autocast_context, evaluate_checkpoint, evaluate_split  # noqa: F401
 from rmaat.train.metrics import MetricsLogger, atomic_write_json, atomic_write_text, plot_curves, truncate_metrics
-from rmaat.train.rundir import RUN_ARTEFACTS, check_run_dir, clear_run_dir, default_run_dir, start_mode  # noqa: F401
+from rmaat.train.rundir import (  # noqa: F401
+    RUN_ARTEFACTS, check_run_dir, clear_run_dir, default_run_dir, lock_run_dir, start_mode,
+)
 from rmaat.train.summary import format_by_depth, format_summary, parameter_digest, peak_memory, run_summary  # noqa: F401
 
 
@@ -92,17 +95,24 @@ class Trainer:
                 raise DataError(f"the data directory {data_dir} recorded by the run in {run_dir} does not exist; "
                                 "pass --data-dir with the data's current location")
             config.data.data_dir = str(data_dir.resolve())
-        resume, force = start_mode(Path(run_dir), resume=resume, force=force, echo=echo)
-        self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.config, self.run_dir = config, Path(run_dir)
         self.progress, self.echo = progress, echo
-        self._force = force
         self._stop_requested = False
         #: why the last :meth:`fit` ended early: "signal" (SIGINT/SIGTERM), "stop_after", or None
         self.stop_reason: str | None = None
+        #: the signal that stopped it (SIGINT or SIGTERM's number), for ``pipeline train``'s exit status
+        self.stop_signal: int | None = None
+        #: the run directory's lock (main process), held from here to the end of :meth:`fit`
+        self._run_dir_lock: FileLock | None = None
         # The process group comes first, so that every rank has validated everything before
         # rank 0 writes anything (fit() starts with a barrier).
         self.info, self.device = init_distributed(config.train.device)
         try:
+            # before the run directory's state is even read: while another process trains
+            # there, what it holds is changing under us, and --force would delete it
+            self._run_dir_lock = lock_run_dir(self.run_dir, self.info)
+            resume, force = start_mode(self.run_dir, resume=resume, force=force, echo=echo)
+            self.resume, self._force = resume, force
             check_run_dir(self.run_dir, resume=resume, force=force)
             self.checkpoint: dict[str, Any] | None = None
             if resume:
@@ -113,16 +123,27 @@ class Trainer:
             if config.train.init_from is not None and not resume:
                 init_weights(self.model, Path(config.train.init_from))
         except BaseException:
+            self._release_run_dir()
             shutdown_distributed()
             raise
 
+    def _release_run_dir(self) -> None:
+        """Give up the run directory's lock (a no-op where none is held)."""
+        if self._run_dir_lock is not None:
+            self._run_dir_lock.release()
+
     # ------------------------------------------------- what the objective decides (hooks)
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this run reads: the test split only when it is scored (``train.evaluate_test``)."""
+        return ("train", "val", "test") if self.config.train.evaluate_test else ("train", "val")
+
     def _build(self, retention_factors: Any) -> None:
-        """Set ``spec``, ``data`` (the three splits), ``model`` and ``retention_factors``."""
+        """Set ``spec``, ``data`` (:attr:`splits`), ``model`` and ``retention_factors``."""
         from rmaat.data import get_task
 
         self.spec = get_task(self.config.task)
-        self.data = load_splits(self.config, self.spec, ("train", "val", "test"))
+        self.data = load_splits(self.config, self.spec, self.splits)
         torch.manual_seed(self.config.train.seed)  # every rank builds the same initial parameters
         self.model, self.retention_factors = build_run_model(self.config, self.spec, retention_factors)
 
@@ -345,14 +366,18 @@ class Trainer:
             self._save_best()
         return result
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int | None = None, *_: Any) -> None:
         """Finish the current step, save ``last.pt`` and end the session (SIGINT/SIGTERM).
 
+        The first signal's number is kept in ``stop_signal`` (SIGINT when called without one),
+        so that ``pipeline train`` exits with that signal's status (128 + number).
         A second signal aborts without saving, except under torchrun: there the terminal's
         SIGINT reaches each worker and torchrun forwards another, which must not abort.
         """
         if self._stop_requested and not self.info.enabled:
             raise KeyboardInterrupt
+        if not self._stop_requested:
+            self.stop_signal = int(signum) if signum is not None else int(signal.SIGINT)
         self._stop_requested = True
         if self.info.is_main:
             print("\nstop requested: finishing the current step and saving a checkpoint "
@@ -366,13 +391,16 @@ class Trainer:
             completed = True
             return result
         finally:
-            if hasattr(self, "logger"):
-                self.logger.close()
-            # the DDP wrapper holds a reference to the process group: drop it, so that
-            # shutdown_distributed frees the group and joins its threads (see there)
-            if hasattr(self, "module"):
-                self.module = self.model
-            shutdown_distributed(synchronize=completed)
+            try:
+                if hasattr(self, "logger"):
+                    self.logger.close()
+                # the DDP wrapper holds a reference to the process group: drop it, so that
+                # shutdown_distributed frees the group and joins its threads (see there)
+                if hasattr(self, "module"):
+                    self.module = self.model
+                shutdown_distributed(synchronize=completed)
+            finally:
+                self._release_run_dir()  # last: the run's files are complete and closed
 
     def _fit(self) -> dict[str, Any] | None:
         cfg, info = self.config, self.info
@@ -446,6 +474,12 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         cfg = self.config
         final_val, digests = self._final_validation()
+        title = f"{self.spec.title}: {cfg.model.preset} ({self.model.cfg.backprop})"
+        if not cfg.train.evaluate_test:  # a tuning run: validation only
+            summary = run_summary(self, None, final_val)
+            self._publish(summary, digests, format_summary(summary), baseline=final_val["majority_baseline"],
+                          title=title)
+            return summary
         depth = "depth_segment" if "depth_segment" in getattr(self.data["test"], "metadata", {}) else None
         test = self._evaluate("test", full=True, by=depth)
         self.logger.log({"step": self.step, "split": "test", "loss": test["loss"], "accuracy": test["accuracy"],
@@ -453,8 +487,7 @@ class Trainer:
         summary = run_summary(self, test, final_val)
         if depth is not None:  # memory tasks: accuracy by the segment that holds the supporting fact
             summary["test_accuracy_by_depth"] = test["by_depth_segment"]
-        self._publish(summary, digests, format_summary(summary), baseline=test["majority_baseline"],
-                      title=f"{self.spec.title}: {cfg.model.preset} ({self.model.cfg.backprop})")
+        self._publish(summary, digests, format_summary(summary), baseline=test["majority_baseline"], title=title)
         return summary
 
     def _final_validation(self) -> tuple[dict[str, Any], list[str]]:
