@@ -122,8 +122,14 @@ def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, prog
                 else:
                     click.echo(f"  {label:<28} data {stage.data}  evaluate the last trained stage's best.pt "
                                f"at {stage.evaluate_segments} segments")
+        if exp.tuning is not None:
+            from rmaat.experiments.tuning import describe
+
+            for line in describe(exp.tuning, exp):
+                click.echo(line)
         minutes = estimate_seconds(exp, jobs) / 60
-        click.echo(f"estimated wall time with --jobs {jobs}: {minutes:.0f} min (at {exp.tokens_per_s:.3g} "
+        tuning = f"; tuning {estimate_seconds(exp, jobs, 'tuning') / 60:.0f} min of it" if exp.tuning else ""
+        click.echo(f"estimated wall time with --jobs {jobs}: {minutes:.0f} min{tuning} (at {exp.tokens_per_s:.3g} "
                    "tokens/s per process, the experiment file's figure)")
         return
     import time

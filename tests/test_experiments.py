@@ -180,13 +180,13 @@ def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes
     model and takes one AMRB/BPTT training step on random tokens of the run's shape (no data)."""
     from rmaat.amrb import train_step
     from rmaat.data import get_task
-    from rmaat.experiments.runner import run_configs
+    from rmaat.experiments.runner import run_configs, validate_experiment
     from rmaat.experiments.spec import load_experiment
     from rmaat.train.batching import build_run_model
     from rmaat.train.config import RunConfig
 
     monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
-    assert run_configs(load_experiment(name, "cpu", seeds=1), tmp_path, prepare=False)
+    assert validate_experiment(load_experiment(name, "cpu", seeds=1), tmp_path)  # every tuning candidate's too
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -19,10 +19,11 @@ from typing import Any
 from retention.atomic import atomic_write
 from rmaat.errors import DataError
 from rmaat.experiments.spec import Experiment
-from rmaat.experiments.stats import Summary, summarise
+from rmaat.experiments.stats import METRIC_RANGES, Summary, summarise
+from rmaat.experiments.tuning import candidate_label
 
 CSV_FIELDS = ("experiment", "scale", "point", "seed", "metric", "value", "test_accuracy", "val_accuracy",
-              "majority_baseline", "steps", "wall_time_s", "run_dir", "by_depth", "config")
+              "majority_baseline", "steps", "wall_time_s", "run_dir", "by_depth", "config", "role", "candidate")
 
 
 def run_command(exp: Experiment, jobs: int | None = None, root: Path | None = None) -> str:
@@ -73,10 +74,11 @@ def _by_depth(summary: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def result_states(exp: Experiment, root: Path) -> dict[tuple[str, int, int], str]:
-    """``(point, seed, stage) -> run state`` (runner.job_states) for the configs the file gives now."""
-    from rmaat.experiments.runner import job_states, run_configs
+    """``(point, seed, stage) -> run state`` (runner.job_states) for the configs the file gives now
+    (a tuned experiment's final runs at the values its tuning chose)."""
+    from rmaat.experiments.runner import current_jobs, job_states
 
-    return {(job.point, job.seed, i): state for job in run_configs(exp, root, log=lambda _: None, prepare=False)
+    return {(job.point, job.seed, i): state for job in current_jobs(exp, root)
             for i, state in enumerate(job_states(job))}
 
 
@@ -85,8 +87,10 @@ def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
     in each named stage), in grid order; ``point`` is the row label, ``config`` says whether the
     run was made by the config the file gives now (``current``) or another one (``stale``)."""
     states = result_states(exp, root)
+    tuning = _tuning_plan(exp, root)
     rows = []
     for label, point, stage in exp.result_rows():
+        chosen = (tuning.choices.get(point.name, {}) if tuning is not None else {}).get(_trained_stage(point, stage))
         for seed in range(exp.seeds):
             run_dir = root / point.name / f"seed{seed}"
             if len(point.stages) > 1:
@@ -104,13 +108,48 @@ def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
                 "steps": s.get("steps"), "wall_time_s": round(float(_number(s, "wall_time_s", path) or 0.0), 1),
                 "run_dir": str(run_dir), "by_depth": json.dumps(_by_depth(s, path)),
                 "config": "current" if states.get((point.name, seed, stage)) == "done" else "stale",
+                "role": "final", "candidate": "" if chosen is None else candidate_label(chosen),
             })
+    return rows + (tuning_rows(exp, root, tuning) if tuning is not None else [])
+
+
+def _tuning_plan(exp: Experiment, root: Path) -> Any:
+    """The experiment's tuning plan (rmaat.experiments.tuning), None when it tunes nothing."""
+    if exp.tuning is None:
+        return None
+    from rmaat.experiments.tuning import plan
+
+    return plan(exp, root)
+
+
+def _trained_stage(point: Any, stage: int) -> int:
+    """The last training stage at or before ``stage`` (an evaluate stage reports its weights)."""
+    while stage > 0 and not point.stages[stage].trains:
+        stage -= 1
+    return stage
+
+
+def tuning_rows(exp: Experiment, root: Path, tuning: Any) -> list[dict[str, Any]]:
+    """results.csv rows (``role`` = ``tune``) of every finished tuning run: its validation metric."""
+    from rmaat.experiments.tuning import tune_dir
+
+    rows = []
+    for sweep in tuning.sweeps:
+        label = sweep.point + (f"/stage{sweep.stage}" if sweep.n_stages > 1 else "")
+        for candidate, values in sweep.rows:
+            for seed, value in zip(exp.tuning.seeds, values):
+                if math.isnan(value):  # not run yet
+                    continue
+                run_dir = tune_dir(root, sweep.point, sweep.stage, sweep.n_stages, candidate, seed)
+                rows.append({"experiment": exp.name, "scale": exp.scale, "point": label, "seed": seed,
+                             "metric": sweep.metric, "value": value, "run_dir": str(run_dir), "by_depth": "{}",
+                             "config": "current", "role": "tune", "candidate": candidate_label(candidate)})
     return rows
 
 
 def current_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of runs made by the file's present config (the ones every mean is taken over)."""
-    return [r for r in rows if r["config"] == "current"]
+    """The final runs made by the file's present config (the ones every mean is taken over)."""
+    return [r for r in rows if r["config"] == "current" and r.get("role", "final") == "final"]
 
 
 def stale_warning(exp: Experiment, rows: list[dict[str, Any]]) -> str | None:
@@ -135,7 +174,7 @@ def point_summaries(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, Su
     for label, _, _ in exp.result_rows():
         values = [r["value"] for r in current_rows(rows) if r["point"] == label and r["value"] is not None]
         if values:
-            out[label] = summarise(values)
+            out[label] = summarise(values, bounds=METRIC_RANGES.get(exp.metric, (-math.inf, math.inf)))
     return out
 
 
@@ -148,16 +187,27 @@ def depth_table(exp: Experiment, rows: list[dict[str, Any]]) -> dict[str, dict[i
     return {p: {d: sum(v) / len(v) for d, v in sorted(cells.items())} for p, cells in table.items()}
 
 
-def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
-    """The results table (and the by-depth table) as markdown; stale runs are counted per row and
-    named in a warning, never averaged in."""
+def _interval_note(exp: Experiment) -> str:
+    """How the intervals are made (said in results.md)."""
+    low, high = METRIC_RANGES.get(exp.metric, (-math.inf, math.inf))
+    if math.isinf(low) and math.isinf(high):
+        return "95% CI: Student-t interval of the mean over seeds."
+    shown = f"[{low:g}, {high:g}]" if not math.isinf(high) else f">= {low:g}"
+    return f"95% CI: Student-t interval of the mean over seeds, clipped to the metric's range {shown}."
+
+
+def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str, tuning: Any = None) -> str:
+    """The results table (and the by-depth and tuning tables) as markdown; stale runs are counted
+    per row and named in a warning, never averaged in."""
     summaries = point_summaries(exp, rows)
     lines = [f"### `{exp.name}` ({exp.scale} scale, task {exp.task})", "", exp.question.strip(), "",
-             f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`.", ""]
+             f"Command: `{command}`; seeds 0..{exp.seeds - 1}; metric `{exp.metric}`. {_interval_note(exp)}", ""]
     warning = stale_warning(exp, rows)
     if warning:
         lines += [warning, ""]
-    lines += [f"| grid point | mean ± std | n | 95% CI | {baseline_label(exp)} | paper |", "|---|---|---|---|---|---|"]
+    tuned = exp.tuning is not None
+    lines += [f"| grid point | mean ± std | n | 95% CI | {baseline_label(exp)} | paper |" + (" chosen |" if tuned else ""),
+              "|---|---|---|---|---|---|" + ("---|" if tuned else "")]
     current = current_rows(rows)
     for label, _, _ in exp.result_rows():
         s = summaries.get(label)
@@ -165,16 +215,20 @@ def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
         paper_text = "–" if paper is None else f"{paper}"
         n_stale = sum(1 for r in rows if r["point"] == label and r["config"] == "stale")
         stale_text = f" (+{n_stale} stale)" if n_stale else ""
+        chosen = next((r["candidate"] for r in current if r["point"] == label and r["candidate"]), "–")
+        chosen_text = f" {chosen} |" if tuned else ""
         if s is None:
             finished = sum(1 for r in current if r["point"] == label)
             state = f"no `{exp.metric}` in {finished} summaries" if finished else "stale only" if n_stale else "not run"
-            lines.append(f"| {label} | {state} | 0{stale_text} | – | – | {paper_text} |")
+            lines.append(f"| {label} | {state} | 0{stale_text} | – | – | {paper_text} |{chosen_text}")
             continue
         # per row: the points of one experiment may train on different tasks (lra_shapes)
         own = [r["majority_baseline"] for r in current if r["point"] == label and r["majority_baseline"] is not None]
         lines.append(f"| {label} | {_fmt(s.mean)} ± {_fmt(s.std)} | {s.n}{stale_text} | "
                      f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] | {_fmt(sum(own) / len(own) if own else None)} | "
-                     f"{paper_text} |")
+                     f"{paper_text} |{chosen_text}")
+    if tuning is not None:
+        lines += ["", *tuning_markdown(exp, tuning)]
     depths = depth_table(exp, rows)
     if depths:
         segments = sorted({d for cells in depths.values() for d in cells})
@@ -184,6 +238,30 @@ def markdown(exp: Experiment, rows: list[dict[str, Any]], command: str) -> str:
         for point, cells in depths.items():
             lines.append(f"| {point} | " + " | ".join(_fmt(cells.get(d)) for d in segments) + " |")
     return "\n".join(lines) + "\n"
+
+
+def tuning_markdown(exp: Experiment, tuning: Any) -> list[str]:
+    """The sweep of every tuned stage: the validation metric per candidate (mean over the tuning
+    seeds), the choice in bold, and a flag where the choice is at an edge of its sweep."""
+    from rmaat.experiments.tuning import describe
+
+    t = exp.tuning
+    labels = [candidate_label(c) for c in t.candidates()]
+    lines = [f"Tuning ({describe(t, exp)[0].removeprefix('tuning: ')}; the test split is not read). A choice marked **edge** lies at "
+             "an end of its sweep: the optimum may be outside it, so widen the sweep before reading that row.", "",
+             "| grid point | " + " | ".join(labels) + " | chosen |", "|---" * (len(labels) + 2) + "|"]
+    for sweep in tuning.sweeps:
+        cells = []
+        for candidate, values in sweep.rows:
+            mean = sweep.mean(values)
+            text = _fmt(mean) if not math.isnan(mean) else "not run"
+            cells.append(f"**{text}**" if candidate == sweep.chosen else text)
+        edge = [key for key, flag in sweep.at_edge.items() if flag]
+        chosen = "undecided" if sweep.chosen is None else candidate_label(sweep.chosen) + (
+            f" (**edge** of {', '.join(edge)})" if edge else "")
+        name = sweep.point + (f" stage {sweep.stage}" if sweep.n_stages > 1 else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {chosen} |")
+    return lines
 
 
 def figure(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> None:
@@ -262,6 +340,7 @@ def write_report(exp: Experiment, root: Path, command: str) -> dict[str, Path]:
     from rmaat.train.metrics import atomic_write_text
 
     rows = collect_rows(exp, root)
+    tuning = _tuning_plan(exp, root)
     if not rows:
         from rmaat.errors import RMAATUserError
 
@@ -273,6 +352,6 @@ def write_report(exp: Experiment, root: Path, command: str) -> dict[str, Path]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(csv_path, table.getvalue())
-    atomic_write_text(md_path, markdown(exp, rows, command))
+    atomic_write_text(md_path, markdown(exp, rows, command, tuning))
     figure(exp, rows, fig_path)
     return {"csv": csv_path, "md": md_path, "figure": fig_path}

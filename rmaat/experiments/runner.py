@@ -182,20 +182,24 @@ def base_config(exp: Experiment) -> Any:
     return load_config_file(path)
 
 
-def run_configs(exp: Experiment, root: Path, log: Callable[[str], None] = print, prepare: bool = True) -> list[Job]:
+#: The tuned values of each grid point's stages: ``{point: {stage index: {run-config key: value}}}``.
+Choices = dict[str, dict[int, dict[str, Any]]]
+
+
+def run_configs(exp: Experiment, root: Path, log: Callable[[str], None] = print, prepare: bool = True,
+                choices: Choices | None = None) -> list[Job]:
     """Every job of the experiment with fully resolved run configs (data generated as needed;
     with ``prepare=False`` nothing is generated and ``data.data_dir`` names where the data would be).
-    A user error names the grid point and stage it comes from."""
-    from rmaat.train.config import apply_overrides
-
+    ``choices`` adds each point's tuned values to its stages (:mod:`rmaat.experiments.tuning`); a
+    tuned experiment's points without a choice yet are left out. A user error names the grid point
+    and stage it comes from."""
     base = base_config(exp)
     jobs = []
     for point in exp.points:
-        data_dirs = []
-        for i, stage in enumerate(point.stages):
-            with _at(exp, point, i):
-                check_data_options(stage_task(exp, stage), stage.data)
-            data_dirs.append(prepare_data(exp, root, stage, log) if prepare else planned_data_dir(exp, root, stage))
+        if exp.tuning is not None and (choices is None or point.name not in choices):
+            continue
+        data_dirs = stage_data_dirs(exp, root, point, log, prepare)
+        chosen = (choices or {}).get(point.name, {})
         for seed in range(exp.seeds):
             dirs = _job_dirs(root, point, seed)
             configs: list[dict[str, Any]] = []
@@ -205,18 +209,39 @@ def run_configs(exp: Experiment, root: Path, log: Callable[[str], None] = print,
                     configs.append({"evaluate": {"checkpoint": str(trained), "segments": stage.evaluate_segments,
                                                  "data_dir": data_dir, "split": "test"}})
                     continue
-                overrides = {"task": exp.task, **stage.overrides, "train.seed": seed}
-                if data_dir is not None:
-                    overrides["data.data_dir"] = data_dir
-                if trained is not None:
-                    overrides["train.init_from"] = str(trained)
+                configs.append(stage_config(exp, base, point, i, seed=seed, data_dir=data_dir, init_from=trained,
+                                            extra=chosen.get(i, {})))
                 trained = (dirs[i] / "checkpoints" / "best.pt").resolve()
-                with _at(exp, point, i):
-                    config = apply_overrides(base, overrides)
-                    config.validate()
-                configs.append(config.to_dict())
             jobs.append(Job(point.name, seed, tuple(dirs), tuple(configs)))
     return jobs
+
+
+def stage_data_dirs(exp: Experiment, root: Path, point: GridPoint, log: Callable[[str], None],
+                    prepare: bool) -> list[str | None]:
+    """The data directory of each of a point's stages (generated on first use with ``prepare``)."""
+    data_dirs = []
+    for i, stage in enumerate(point.stages):
+        with _at(exp, point, i):
+            check_data_options(stage_task(exp, stage), stage.data)
+        data_dirs.append(prepare_data(exp, root, stage, log) if prepare else planned_data_dir(exp, root, stage))
+    return data_dirs
+
+
+def stage_config(exp: Experiment, base: Any, point: GridPoint, i: int, *, seed: int, data_dir: str | None,
+                 init_from: Path | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The validated run config (a dict) of training stage ``i`` of ``point`` at ``seed``: the base
+    config, the stage's overrides, then ``extra`` (tuned or candidate values)."""
+    from rmaat.train.config import apply_overrides
+
+    overrides = {"task": exp.task, **point.stages[i].overrides, **extra, "train.seed": seed}
+    if data_dir is not None:
+        overrides["data.data_dir"] = data_dir
+    if init_from is not None:
+        overrides["train.init_from"] = str(init_from)
+    with _at(exp, point, i):
+        config = apply_overrides(base, overrides)
+        config.validate()
+    return config.to_dict()
 
 
 def _job_dirs(root: Path, point: GridPoint, seed: int) -> list[Path]:
@@ -302,7 +327,13 @@ def validate_experiment(exp: Experiment, root: Path = DEFAULT_ROOT) -> list[Job]
             get_task(exp.task)
         except ConfigError as error:
             raise ConfigError(f"{exp.source}: task: {error}") from None
-    jobs = run_configs(exp, root, log=lambda _: None, prepare=False)
+    if exp.tuning is None:
+        jobs = run_configs(exp, root, log=lambda _: None, prepare=False)
+    else:  # each candidate's configs (the final runs will use one of them)
+        from rmaat.experiments.tuning import every_candidate_choices
+
+        jobs = [job for choices in every_candidate_choices(exp)
+                for job in run_configs(exp, root, log=lambda _: None, prepare=False, choices=choices)]
     points = {point.name: point for point in exp.points}
     for job in jobs:
         if job.seed != 0:  # the seeds of a point differ in train.seed only
@@ -417,6 +448,17 @@ def stale_runs(jobs: list[Job]) -> list[tuple[Job, int]]:
     return out
 
 
+def current_jobs(exp: Experiment, root: Path) -> list[Job]:
+    """Every job the file now describes whose config is known: for a tuned experiment its tuning
+    runs so far and the final runs of the points already decided."""
+    if exp.tuning is None:
+        return run_configs(exp, root, log=lambda _: None, prepare=False)
+    from rmaat.experiments.tuning import plan
+
+    tuning = plan(exp, root)
+    return tuning.jobs + run_configs(exp, root, log=lambda _: None, prepare=False, choices=tuning.choices)
+
+
 def check_stale(exp: Experiment, root: Path, force: bool = False, log: Callable[[str], None] = print) -> list[Job]:
     """Refuse, in one line, to run an experiment whose run directories hold runs (finished or
     interrupted) of another configuration than the file now gives: resuming them fails in every
@@ -425,7 +467,7 @@ def check_stale(exp: Experiment, root: Path, force: bool = False, log: Callable[
     that they start afresh. Returns the jobs so cleared."""
     from rmaat.train.rundir import clear_run_dir
 
-    jobs = run_configs(exp, root, log=lambda _: None, prepare=False)
+    jobs = current_jobs(exp, root)
     stale = stale_runs(jobs)
     if not stale:
         return []
@@ -436,9 +478,17 @@ def check_stale(exp: Experiment, root: Path, force: bool = False, log: Callable[
         raise ConfigError(f"{len(stale)} of {len(jobs)} runs under {root} ({names}) were run with another "
                           f"configuration than {exp.source} now gives" + (f" ({reason})" if reason else "")
                           + "; rerun with --force to replace them, or give a new --root to keep them")
+    from rmaat.train.distributed import DistInfo
+    from rmaat.train.rundir import lock_run_dir
+
     for job, first in stale:
         for run_dir in job.run_dirs[first:]:
-            clear_run_dir(run_dir)
+            lock = lock_run_dir(run_dir, DistInfo())  # never under a trainer that still runs there
+            try:
+                clear_run_dir(run_dir)
+            finally:
+                if lock is not None:
+                    lock.release()
     log(f"replacing {len(stale)} run(s) of an older configuration: {names}")
     return [job for job, _ in stale]
 
@@ -511,19 +561,54 @@ def _has_depth(data_dir: str | None) -> bool:
 
 def run_experiment(exp: Experiment, root: Path, jobs: int = 1, log: Callable[[str], None] = print,
                    progress: bool = False) -> list[Job]:
-    """Run every unfinished job, ``jobs`` worker processes at a time; return all jobs (for the report).
+    """Run every unfinished job, ``jobs`` worker processes at a time; return the final jobs (for the
+    report). A tuned experiment first runs its tuning sweeps, wave by wave (a curriculum's stage i
+    once stage i-1 is chosen), then the final runs at each point's chosen values.
 
     SIGINT/SIGTERM stop it (see :mod:`rmaat.experiments.workers`): raises :class:`ExperimentStopped`
     once every worker has saved its checkpoint and exited.
     """
+    choices = None
+    if exp.tuning is not None:
+        choices = _run_tuning(exp, root, jobs, log, progress)
+    plan = run_configs(exp, root, log, choices=choices)
+    run_wave(exp, plan, jobs, log, progress, what=f"{exp.name} ({exp.scale})", metric=exp.metric)
+    return plan
+
+
+def _run_tuning(exp: Experiment, root: Path, jobs: int, log: Callable[[str], None], progress: bool) -> Choices:
+    """Run the tuning sweeps until every point has its choice; return the choices."""
+    from rmaat.experiments.tuning import candidate_label, plan
+
+    wave = 0
+    while True:
+        tuning = plan(exp, root, prepare=True, log=log)
+        if not tuning.pending:
+            for sweep in tuning.sweeps:
+                stage = f" stage {sweep.stage}" if sweep.n_stages > 1 else ""
+                edge = [k for k, flag in sweep.at_edge.items() if flag]
+                log(f"tuned {sweep.point}{stage}: {candidate_label(sweep.chosen)}"
+                    + (f" (at the edge of the sweep in {', '.join(edge)}: widen it)" if edge else ""))
+            return tuning.choices
+        todo = [job for job in tuning.pending if job_states(job) != ["done"]]
+        if not todo:  # every run of the wave finished, and still no choice: no metric to select by
+            raise ConfigError(f"{exp.source}: the tuning runs finished but their summaries lack "
+                              f"{exp.tuning.metric}; choose a tune.metric the runs report")
+        wave += 1
+        run_wave(exp, tuning.pending, jobs, log, progress, what=f"{exp.name} tuning wave {wave}",
+                 metric=exp.tuning.metric)
+
+
+def run_wave(exp: Experiment, plan: list[Job], jobs: int, log: Callable[[str], None], progress: bool, *,
+             what: str, metric: str) -> None:
+    """Run the jobs of ``plan`` that are not done, ``jobs`` at a time, logging one line per job."""
     from rmaat.experiments.workers import StopRequests, run_jobs
 
-    plan = run_configs(exp, root, log)
     todo = [job for job in plan if any(run_state(d, c) != "done" for d, c in zip(job.run_dirs, job.configs))]
-    log(f"{exp.name} ({exp.scale}): {len(plan)} runs, {len(plan) - len(todo)} already done, "
+    log(f"{what}: {len(plan)} runs, {len(plan) - len(todo)} already done, "
         f"{len(todo)} to run with {jobs} process(es)")
     if not todo:
-        return plan
+        return
     counter = {"done": len(plan) - len(todo)}
     failures: list[str] = []
     bar = _progress_bar(len(plan), counter["done"], exp.name) if progress else None
@@ -543,7 +628,7 @@ def run_experiment(exp: Experiment, root: Path, jobs: int = 1, log: Callable[[st
             say(f"{prefix}: FAILED ({failures[-1]})")
             return
         summary = json.loads((job.final_dir / "summary.json").read_text())
-        say(f"{prefix}: {exp.metric} {summary.get(exp.metric, float('nan')):.4f} ({outcome.seconds:.0f} s)")
+        say(f"{prefix}: {metric} {summary.get(metric, float('nan')):.4f} ({outcome.seconds:.0f} s)")
 
     try:
         with StopRequests() as stop:
@@ -555,11 +640,8 @@ def run_experiment(exp: Experiment, root: Path, jobs: int = 1, log: Callable[[st
         raise ExperimentStopped(stop.exit_code, f"{exp.name} stopped: every running run saved its checkpoint; "
                                                 "run the same command again to resume")
     if failures:
-        from rmaat.errors import RMAATUserError
-
         raise RMAATUserError(f"{len(failures)} run(s) failed (logs beside their run directories), e.g. {failures[0]}; "
                              "run the experiment again to retry them")
-    return plan
 
 
 class ExperimentStopped(Exception):
@@ -576,14 +658,15 @@ def _progress_bar(total: int, initial: int, name: str) -> Any:
     return tqdm(total=total, initial=initial, desc=name, unit="run", dynamic_ncols=True)
 
 
-def estimate_seconds(exp: Experiment, jobs: int) -> float:
-    """Rough wall time: tokens trained and evaluated over the scale's measured tokens/s."""
+def estimate_seconds(exp: Experiment, jobs: int, part: str = "all") -> float:
+    """Rough wall time: tokens trained and evaluated over the scale's measured tokens/s; ``part``:
+    ``all``, ``tuning`` (the tuning runs alone) or ``final``."""
     from rmaat.train.config import apply_overrides
 
     base = base_config(exp)
     total = 0.0
     for point in exp.points:
-        for stage in point.stages:
+        for i, stage in enumerate(point.stages):
             cfg = apply_overrides(base, {"task": exp.task, **stage.overrides})
             docs = 2 if cfg.task in ("retrieval", "kjv_match") else 1
             size = int(stage.data.get("size", 20_000))
@@ -598,5 +681,10 @@ def estimate_seconds(exp: Experiment, jobs: int) -> float:
             if cfg.train.final_eval_batches is not None and stage.trains:  # val + test, capped
                 examples = min(examples, 2 * cfg.train.final_eval_batches * cfg.train.batch_size)
             eval_tokens = examples * cfg.data.seq_len * docs / 3  # forward only (~1/3 of a step)
-            total += (train_tokens + eval_tokens) / exp.tokens_per_s
-    return total * exp.seeds / max(1, jobs)
+            seconds = (train_tokens + eval_tokens) / exp.tokens_per_s
+            if part != "tuning":
+                total += seconds * exp.seeds
+            if part != "final" and exp.tuning is not None and \
+                    i in exp.tuning.tuned_stages(len(point.stages), [st.trains for st in point.stages]):
+                total += seconds * len(exp.tuning.candidates()) * len(exp.tuning.seeds)
+    return total / max(1, jobs)

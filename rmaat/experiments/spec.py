@@ -33,6 +33,10 @@ A stage ``{name: T8, evaluate: {segments: 8}, data: {length: 512}}`` trains noth
 evaluates the best checkpoint of the last training stage before it on its own data at another
 segment count (``length_generalisation``; ``pipeline evaluate --segments``).
 
+A scale may declare ``tune:`` (the candidates of ``optim.lr`` and other hyper-parameters, the
+tuning seeds, a validation metric): every grid point is then trained at each candidate and run at
+its own best, chosen on the validation split (:mod:`rmaat.experiments.tuning`).
+
 The file is checked as a whole when it is read: every key must be one this format knows (a typo
 such as ``sett:`` is an error naming the allowed keys, never silently ignored), a mapping may not
 repeat a key, the experiment's and grid points' names become folders and must be safe path
@@ -59,7 +63,7 @@ SCALES = ("cpu", "paper")
 _PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
 #: Keys of the file, of one scale's body and of a stage.
 TOP_KEYS = ("name", "question", "task", "metric", "seeds", "scales", "grid", "paper")
-SCALE_KEYS = ("config", "data", "set", "tokens_per_s")
+SCALE_KEYS = ("config", "data", "set", "tokens_per_s", "tune")
 STAGE_KEYS = ("data", "set", "name", "evaluate")
 #: An experiment's and a grid point's name: one safe folder name (no separator, not "." or "..").
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -138,6 +142,7 @@ class Experiment:
     points: list[GridPoint]
     paper: dict[str, float | None] = field(default_factory=dict)
     tokens_per_s: float = 3.0e4
+    tuning: Any = None  # rmaat.experiments.tuning.Tuning: per-point optimiser settings, chosen on val
     source: str = ""
     given: str = ""  # the name or path the user gave (``load_experiment``'s argument)
 
@@ -331,6 +336,7 @@ class _Scale:
     base_config: str
     points: list[GridPoint]
     tokens_per_s: float
+    tuning: Any = None
 
 
 def _scale(raw: dict[str, Any], scales: dict[str, Any], scale: str, path: Path) -> _Scale:
@@ -346,9 +352,14 @@ def _scale(raw: dict[str, Any], scales: dict[str, Any], scale: str, path: Path) 
               for point, body in _mapping(raw["grid"], f"{path}: grid").items()]
     if not points:
         raise ConfigError(f"{path}: the grid is empty")
-    _check_metric(_text(raw, "metric", str(path)), _text(raw, "task", str(path)), points, str(path))
+    task = _text(raw, "task", str(path))
+    _check_metric(_text(raw, "metric", str(path)), task, points, str(path))
+    from rmaat.data.kjv_lm import is_lm_task
+    from rmaat.experiments.tuning import parse_tuning
+
+    tuning = parse_tuning(s.get("tune"), f"{where}.tune", is_lm_task(task))
     return _Scale(_text(s, "config", where), points,
-                  _positive_number(s.get("tokens_per_s", 3.0e4), f"{where}.tokens_per_s"))
+                  _positive_number(s.get("tokens_per_s", 3.0e4), f"{where}.tokens_per_s"), tuning)
 
 
 def load_experiment(name: str, scale: str = "cpu", seeds: int | None = None) -> Experiment:
@@ -379,4 +390,4 @@ def load_experiment(name: str, scale: str = "cpu", seeds: int | None = None) -> 
         name=exp_name, question=_text(raw, "question", str(path)), task=_text(raw, "task", str(path)),
         metric=_text(raw, "metric", str(path)), seeds=n_seeds, scale=scale, base_config=this.base_config,
         points=this.points, paper=_paper(raw.get("paper"), this.points, f"{path}: paper"),
-        tokens_per_s=this.tokens_per_s, source=str(path), given=str(name))
+        tokens_per_s=this.tokens_per_s, tuning=this.tuning, source=str(path), given=str(name))

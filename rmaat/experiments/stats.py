@@ -1,11 +1,24 @@
 """Summary statistics of an experiment's runs: mean, standard deviation and a 95% confidence
-interval of the mean (Student's t, from scipy.stats), per grid point."""
+interval of the mean (Student's t, from scipy.stats), per grid point.
+
+A metric has a range (an accuracy lies in [0, 1], bits per byte and losses are >= 0), and with
+three seeds far apart a t-interval leaves it: (0.80, 0.18, 0.17) gives [-0.524, 1.289]. The
+interval is therefore clipped to the metric's range (:data:`METRIC_RANGES`); results.md says so.
+Clipping keeps the t-interval's coverage where it is inside the range and says no more than the
+range itself where it is not (a small-n interval that wide is the honest answer: inconclusive)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+#: The range of each metric the experiments report (a 95% interval is clipped to it).
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "test_accuracy": (0.0, 1.0), "val_accuracy": (0.0, 1.0), "final_val_accuracy": (0.0, 1.0),
+    "test_bpb": (0.0, math.inf), "val_bpb": (0.0, math.inf), "final_val_bpb": (0.0, math.inf),
+    "test_loss": (0.0, math.inf), "val_loss": (0.0, math.inf),
+}
 
 
 @dataclass(frozen=True)
@@ -23,8 +36,10 @@ class Summary:
         return not (self.ci_high < other.ci_low or other.ci_high < self.ci_low)
 
 
-def summarise(values: Sequence[float], confidence: float = 0.95) -> Summary:
-    """Summary of ``values``; with one value the spread and interval are NaN."""
+def summarise(values: Sequence[float], confidence: float = 0.95,
+              bounds: tuple[float, float] = (-math.inf, math.inf)) -> Summary:
+    """Summary of ``values``; with one value the spread and interval are NaN. The interval is
+    clipped to ``bounds`` (the metric's range, :data:`METRIC_RANGES`)."""
     import numpy as np
     from scipy import stats
 
@@ -38,4 +53,4 @@ def summarise(values: Sequence[float], confidence: float = 0.95) -> Summary:
     if std == 0.0:
         return Summary(mean, 0.0, int(x.size), mean, mean)
     low, high = stats.t.interval(confidence, x.size - 1, loc=mean, scale=std / math.sqrt(x.size))
-    return Summary(mean, std, int(x.size), float(low), float(high))
+    return Summary(mean, std, int(x.size), max(float(low), bounds[0]), min(float(high), bounds[1]))
