@@ -162,3 +162,22 @@ def test_workers_of_a_killed_runner_checkpoint_and_exit(kjv, slow, tmp_path):  #
         assert (folder / point / "seed0" / "checkpoints" / "last.pt").stat().st_mtime_ns > before[point]
         assert "stopped at step" in (folder / point / "seed0.log").read_text()
     assert _temp_files(root) == []
+
+
+@pytest.mark.slow
+def test_sigterm_during_data_generation_leaves_no_temp_folder(kjv, tmp_path):  # noqa: F811
+    """The runner generates an experiment's data before any worker starts: SIGTERM there unwinds
+    (the generator's temp folder is removed) and exits 143."""
+    experiment = tmp_path / "big.yaml"
+    experiment.write_text(SLOW_EXPERIMENT.replace("size: 60", "size: 200000"))
+    root = tmp_path / "exp"
+    runner = _start(experiment, root)
+    data, deadline = root / "slow" / "data", time.monotonic() + 120
+    while not (data.is_dir() and any(".tmp" in p.name for p in data.iterdir())):  # the generator's temp folder
+        assert time.monotonic() < deadline and runner.poll() is None, "data generation never started"
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGTERM)
+    output, _ = runner.communicate(timeout=STOP_WITHIN_S)
+    assert runner.returncode == 143, output
+    assert "stopped before any run started" in output and "Traceback" not in output
+    assert _temp_files(root) == [] and not list(data.iterdir())
