@@ -44,3 +44,18 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread_packaged_table(monkeypatch):
+    """One torch thread and the packaged retention table as the user's (no user table of this
+    machine is read) for a test that trains in-process; the thread count is restored afterwards."""
+    import torch
+
+    from retention.table import packaged_table_path
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("RMAAT_RETENTION_TABLE", str(packaged_table_path()))
+    yield
+    torch.set_num_threads(threads)

@@ -33,13 +33,7 @@ TINY = ["--d-model", "32", "--layers", "1", "--set", "model.d_ff=64", "--set", "
 SENTENCES = ["the cat sat on the mat. ", "a dog ran in the park. ", "birds sing in the morning. "]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_packaged_table")  # (conftest.py)
 
 
 def write_corpus(root: Path, sizes: dict[str, int] | None = None) -> Path:

@@ -32,13 +32,7 @@ TINY = ["--d-model", "32", "--layers", "1", "--set", "model.d_ff=64", "--set", "
         "--set", "train.eval_batches=2", "--set", "train.final_eval_batches=4", "--set", "train.save_every=20"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("RMAAT_RETENTION_TABLE", PACKAGED_TABLE)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_packaged_table")  # (conftest.py)
 
 
 def invoke(*args, ok=True):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from retention.table import packaged_table_path
+from test_train_ddp import _write_listops
 
 PACKAGED_TABLE = str(packaged_table_path())  # as the user table: no user table of this machine is read
 
@@ -25,16 +26,6 @@ TINY = ["--task", "listops", "--device", "cpu", "--no-progress", "--preset", "rm
 #: An owner that trains until the test kills it, logging and saving every 5 steps.
 LONG = ["--max-steps", "100000", "--eval-every", "100000", "--set", "train.log_every=5",
         "--set", "train.save_every=5"]
-
-
-def _write_listops(root: Path, n=(32, 8, 8)) -> Path:
-    """The ListOps files of tests/test_train_ddp.py (tests are not a package: copied)."""
-    folder = root / "listops-1000"
-    folder.mkdir(parents=True)
-    for split, count in zip(("train", "val", "test"), n):
-        rows = [f"[MAX {i % 10} {(3 * i) % 10} ]\t{max(i % 10, (3 * i) % 10)}" for i in range(count)]
-        (folder / f"basic_{split}.tsv").write_text("Source\tTarget\n" + "\n".join(rows) + "\n")
-    return root
 
 
 def _command(data: Path, run_dir: Path, *args: str) -> list[str]:
