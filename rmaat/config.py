@@ -49,7 +49,12 @@ class ModelConfig:
             paper's sensitivity study, use_astro = whether the H_astro STP term is used).
         recurrent: segment recurrence with memory tokens (RMT/RLT/RMAAT) or one attention call
             over the whole input (Transformer/AT).
-        use_retention: scale the stored memory by RF(t, T) (RMAAT only).
+        use_retention: load the retention factors RF(t, T) (RMAAT only); with the default
+            `memory_rule` the stored memory is scaled by them.
+        memory_rule: how the memory carried into the next segment is formed (`rmaat.memory`):
+            "paper" (RF(t, T) * mem'), "overwrite" (mem', RMT's rule), "consolidate" (an
+            RF-weighted running mean of the writes; beyond the paper), or None for what
+            `use_retention` has always meant: "paper" with factors, "overwrite" without.
         mem_placement [open]: "prepend" (default) puts the memory tokens before the segment's
             tokens, as RMT's encoder does; the memory then sits at the same positions 0..M-1 of
             every attention call whatever the padding, which keeps the astromorphic positional
@@ -63,7 +68,9 @@ class ModelConfig:
         skip_empty_segments [open]: a sample whose segment t holds only padding keeps its memory
             unchanged (mem_{t+1} = mem_t) instead of re-writing and RF-scaling it. Default True:
             LRA inputs are right-padded to a fixed L, and without the skip a short review's
-            prediction would depend on how much padding follows it.
+            prediction would depend on how much padding follows it. (Under `consolidate` the
+            skipped segment's factor still counts in rho's running sum: the sum follows the
+            segment index, as RF(t, T) does.)
         positions: "learned" or "sinusoidal" absolute positions, counted inside each segment for
             recurrent models (every segment is processed alike), over the whole input otherwise.
             Memory tokens get no position: they are learned states.
@@ -93,6 +100,7 @@ class ModelConfig:
     astro_use_astro: bool = True
     recurrent: bool = True
     use_retention: bool = True
+    memory_rule: str | None = None
     mem_placement: str = "prepend"
     readout: str = "memory"
     skip_empty_segments: bool = True
@@ -107,6 +115,15 @@ class ModelConfig:
     def segment_len(self) -> int:
         """Tokens per segment, L / T (the whole input for non-recurrent models)."""
         return self.seq_len // self.n_segments
+
+    @property
+    def carry_rule(self) -> str | None:
+        """The memory-update rule in use (`memory_rule` resolved), None without recurrence."""
+        if not self.recurrent:
+            return None
+        from rmaat.memory import resolve_memory_rule
+
+        return resolve_memory_rule(self.memory_rule, self.use_retention, factor_option="use_retention")
 
     def replace(self, **overrides: Any) -> "ModelConfig":
         """A validated copy with some fields changed; unknown names raise ConfigError."""
@@ -167,6 +184,10 @@ class ModelConfig:
             if self.backprop == "amrb":
                 raise ConfigError("backprop='amrb' needs recurrent=True (AMRB replays segments); "
                                   "set backprop='bptt'")
+            if self.memory_rule is not None:
+                raise ConfigError(f"memory_rule={self.memory_rule!r} needs recurrent=True (a non-recurrent "
+                                  "model carries no memory); drop memory_rule")
+        self.carry_rule  # noqa: B018  (validates memory_rule against use_retention)
         if self.astro_alpha <= 0:
             raise ConfigError(f"astro_alpha must be positive, got {self.astro_alpha}")
         if self.astro_m_scale is not None and self.astro_m_scale <= 0:

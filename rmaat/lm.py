@@ -67,6 +67,7 @@ from rmaat.attention.config import AttentionConfig
 from rmaat.block import EncoderBlock, FeedForward
 from rmaat.embeddings import InputEmbedding
 from rmaat.errors import ConfigError, DataError
+from rmaat.memory import carried_memory, resolve_memory_rule
 
 #: preset -> (attention kind, recurrent, default retention variant)
 LM_PRESETS: dict[str, tuple[str, bool, str]] = {
@@ -87,6 +88,9 @@ class LMConfig:
     retention: "paper" (RF(t, T), sums to 1 over the T segments of the input), "streaming"
         (EXTENSION: r_t = dp_t / dp_1, independent of T), "none", or None for the preset's
         default (paper for rmaat, none otherwise).
+    memory_rule: how the carried memory is formed (`rmaat.memory`): "paper", "overwrite",
+        "consolidate" (beyond the paper), or None for what `retention` means (paper with
+        factors, overwrite with retention "none").
     segment_len: N_seg bytes per segment (recurrent presets). n_mem: M memory tokens.
     max_len: the longest input of the non-recurrent transformer (its position table).
     norm: "pre" (default) or "post" (rmaat.block.EncoderBlock's two orders).
@@ -104,6 +108,7 @@ class LMConfig:
     max_len: int = 1024
     dropout: float = 0.1
     retention: str | None = None
+    memory_rule: str | None = None
     norm: str = "pre"
     astro_alpha: float = 0.25
     astro_m_scale: float | None = None
@@ -127,6 +132,9 @@ class LMConfig:
             raise ConfigError("the transformer preset has no memory to retain; set retention=None")
         if self.norm not in ("pre", "post"):
             raise ConfigError(f"norm={self.norm!r} is not one of pre, post")
+        if not self.recurrent and self.memory_rule is not None:
+            raise ConfigError("the transformer preset has no memory to update; set memory_rule=None")
+        self.carry_rule  # noqa: B018  (validates memory_rule against retention)
 
     @property
     def attention(self) -> str:
@@ -140,6 +148,14 @@ class LMConfig:
     def retention_variant(self) -> str:
         """The variant in use: `retention`, or the preset's default when None."""
         return LM_PRESETS[self.preset][2] if self.retention is None else self.retention
+
+    @property
+    def carry_rule(self) -> str | None:
+        """The memory-update rule in use (`memory_rule` resolved), None for the transformer."""
+        if not self.recurrent:
+            return None
+        return resolve_memory_rule(self.memory_rule, self.retention_variant != "none",
+                                   factor_option="retention='none'")
 
     @property
     def call_len(self) -> int:
@@ -272,8 +288,9 @@ class CausalLM(nn.Module):
         """Segment t (0-based) from memory mem_t -> (logits_t (B, n, V), loss_t, mem_{t+1}).
 
         loss_t = (sum of the segment's next-byte cross-entropies) / n_predicted, so the loss of
-        the whole input is sum_t loss_t; None without targets. mem_{t+1} = RF[t] * mem'_{t+1}
-        (a copy of mem' without RF), None for the transformer.
+        the whole input is sum_t loss_t; None without targets. mem_{t+1} is formed by the config's
+        memory rule (`rmaat.memory`: RF[t] * mem'_{t+1} for the paper's), None for the transformer.
+        ``rf`` None (no factors) carries every write at weight 1.
         """
         logits, mem_raw = self.segment_logits(idx_t, mem)
         loss = None
@@ -283,9 +300,17 @@ class CausalLM(nn.Module):
                                    reduction="sum") / max(n_predicted, 1)
         if mem_raw is None:
             return logits, loss, None
-        # a copy, not a view: a view would keep the whole call's output alive between segments
-        mem_next = mem_raw * rf[t].item() if rf is not None else mem_raw.clone()
-        return logits, loss, mem_next
+        return logits, loss, self.memory_update(t, mem, mem_raw, rf)
+
+    def memory_update(self, t: int, mem: torch.Tensor, write: torch.Tensor, rf: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """mem_{t+1} (B, M, D) from mem_t and the write mem'_{t+1} under the config's rule;
+        ``rf`` (T,) float64 CPU factors, or None: factor 1 for every segment."""
+        rule = self.cfg.carry_rule
+        if rf is None:
+            return carried_memory("overwrite" if rule == "paper" else rule, mem, write, 1.0, float(t))
+        earlier = rf[:t].sum().item() if rule == "consolidate" else 0.0
+        return carried_memory(rule, mem, write, rf[t].item(), earlier)
 
     def count_predicted(self, targets: torch.Tensor | None) -> int:
         return 0 if targets is None else int((targets != IGNORE_INDEX).sum())

@@ -4,7 +4,8 @@
 
     [ read memory mem_t (M) | segment bytes (n <= N_seg) | write memory mem_t (M) ]
 
-and carries mem_{t+1} = factor_t * final_norm(write outputs). Every layer is causal over the
+and carries mem_{t+1} = factor_t * final_norm(write outputs) (the paper's memory rule; the model's
+`memory_rule` decides, see rmaat.memory). Every layer is causal over the
 whole call, so the output of call position i at any layer depends only on positions j <= i of
 the layer below. Hence the call can be run position by position, all layers at once, with a
 per-layer recurrent state holding what positions j < i left behind:
@@ -63,6 +64,7 @@ import torch.nn.functional as F
 from rmaat.attention.causal import CausalAstromorphicAttention, CausalSoftmaxAttention
 from rmaat.errors import ConfigError, DataError
 from rmaat.lm import CausalBlock, CausalLM
+from rmaat.memory import carried_memory
 
 Factor = Callable[[int], float]
 
@@ -128,6 +130,7 @@ class StreamingDecoder:
     def reset(self) -> None:
         """Back to the start: segment 0, memory mem_1 = mem_init, empty context."""
         self.segment = 0                      # t, the 0-based index of the current segment
+        self.factor_sum = 0.0                 # factor(0) + ... + factor(t - 1), for memory_rule consolidate
         self.n_bytes = 0                      # bytes fed into the current call (segment or window)
         self.window: list[torch.Tensor] = []  # transformer: the bytes (B,) of the current call
         self.memory: torch.Tensor | None = None
@@ -225,7 +228,8 @@ class StreamingDecoder:
         f = float(self.factor(self.segment))
         if not math.isfinite(f) or f < 0:
             raise ConfigError(f"factor({self.segment}) = {f!r} must be finite and non-negative")
-        self.memory = written * f                                        # mem_{t+1}
+        self.memory = carried_memory(self.cfg.carry_rule, mem, written, f, self.factor_sum)  # mem_{t+1}
+        self.factor_sum += f
         self.memory_states.append(self.memory)
         self.segment += 1
         self._start_call()

@@ -113,8 +113,9 @@ def mode_factors(mode: str, n_segments: int, train_segments: int, loader) -> tup
 def bpb_by_segment(model: CausalLM, streams: torch.Tensor, factors: np.ndarray | None) -> np.ndarray:
     """streams (S, L + 1) bytes -> (T_s,) bits per byte of each segment, over the S streams.
 
-    Memory: mem_{t+1} = factors[t] · mem'_{t+1}; ``factors`` None restarts every segment from
-    the initial memory (``reset``).
+    Memory: mem_{t+1} by the model's memory rule with RF(t) = factors[t] (for the paper's rule,
+    factors[t] · mem'_{t+1}); ``factors`` None restarts every segment from the initial memory
+    (``reset``).
     """
     model.eval()
     idx, targets = streams[:, :-1], streams[:, 1:]                            # (S, L)

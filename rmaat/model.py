@@ -4,7 +4,8 @@ A length-L input is cut into T contiguous segments of L/T tokens. M memory token
 learned state mem_1, are concatenated with every segment, so each attention call sees L/T + M
 tokens. After segment t the encoder outputs at the memory positions are mem'_{t+1}; the memory
 passed on is mem_{t+1} = RF(t, T) * mem'_{t+1} (RF from the retention table, registered as a
-buffer so checkpoints carry the factors they were trained with). Non-recurrent presets
+buffer so checkpoints carry the factors they were trained with), or another rule of
+`rmaat.memory` (`memory_rule`). Non-recurrent presets
 (`transformer`, `at`) read the whole input in one attention call.
 
 Training modes (`backprop`): "bptt" keeps every segment's activations for the backward pass;
@@ -26,6 +27,7 @@ from rmaat.block import EncoderBlock
 from rmaat.config import BACKPROP_MODES, ModelConfig, get_preset
 from rmaat.embeddings import InputEmbedding
 from rmaat.errors import ConfigError, DataError
+from rmaat.memory import carried_memory
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -69,6 +71,7 @@ class RMAATModel(nn.Module):
                               "set use_retention=True")
         else:
             self.retention_factors = None
+        self.memory_rule = cfg.carry_rule  # "paper" | "overwrite" | "consolidate" (None: no memory)
         self.last_memory_states: list[torch.Tensor] = []
         self.last_memory_states_2: list[torch.Tensor] = []
 
@@ -118,14 +121,13 @@ class RMAATModel(nn.Module):
         return mem, self.mem_init.new_zeros(batch, self.cfg.d_model)
 
     # ------------------------------------------------------------------ segments
-    def segment_step(self, t: int, ids_t: torch.Tensor, mask_t: torch.Tensor | None,
-                     mem: torch.Tensor, read: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Process segment t (0-based) from memory mem_t.
+    def segment_outputs(self, ids_t: torch.Tensor, mask_t: torch.Tensor | None, mem: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One segment's encoder pass from memory mem_t, before any memory update.
 
-        ids_t (B, n), mask_t (B, n) bool or None, mem (B, M, D), read (B, D): the read-out
-        features carried from the last non-empty segment. Returns (mem_{t+1} (B, M, D),
-        read (B, D)). Everything a segment computes happens here, embedding lookup included,
-        so that a checkpoint of this function keeps only ids, mask and the two small states.
+        ids_t (B, n), mask_t (B, n) bool or None, mem (B, M, D) -> (the write mem'_{t+1}
+        (B, M, D), the segment's read-out features (B, D)). A view of the encoder output: call
+        `memory_update` (or `segment_step`) for the memory that is carried on.
         """
         cfg = self.cfg
         m = cfg.n_mem
@@ -151,13 +153,29 @@ class RMAATModel(nn.Module):
         else:
             mem_raw, tokens = h[:, n:], h[:, :n]
         pooled = mem_raw.mean(1) if cfg.readout == "memory" else masked_mean(tokens, mask_t)  # (B, D)
-        if self.retention_factors is not None:
-            mem_next = mem_raw * self.retention_factors[t]  # mem_{t+1} = RF(t, T) * mem'_{t+1}
-        else:
-            # a copy, not a view: a view would keep the whole (B, M + n, D) output alive between
-            # segments and AMRB would store one segment-sized tensor per segment after all
-            mem_next = mem_raw.clone()
-        if cfg.skip_empty_segments and mask_t is not None:
+        return mem_raw, pooled
+
+    def memory_update(self, t: int, mem: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
+        """mem_{t+1} (B, M, D) from mem_t and the write mem'_{t+1} by the config's memory rule
+        (`rmaat.memory`; RF(t, T) from the `retention_factors` buffer)."""
+        rf = self.retention_factors
+        if rf is None:
+            return carried_memory(self.memory_rule, mem, write)
+        earlier = rf[:t].sum() if self.memory_rule == "consolidate" else 0.0
+        return carried_memory(self.memory_rule, mem, write, rf[t], earlier)
+
+    def segment_step(self, t: int, ids_t: torch.Tensor, mask_t: torch.Tensor | None,
+                     mem: torch.Tensor, read: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Process segment t (0-based) from memory mem_t.
+
+        ids_t (B, n), mask_t (B, n) bool or None, mem (B, M, D), read (B, D): the read-out
+        features carried from the last non-empty segment. Returns (mem_{t+1} (B, M, D),
+        read (B, D)). Everything a segment computes happens here, embedding lookup included,
+        so that a checkpoint of this function keeps only ids, mask and the two small states.
+        """
+        mem_raw, pooled = self.segment_outputs(ids_t, mask_t, mem)
+        mem_next = self.memory_update(t, mem, mem_raw)
+        if self.cfg.skip_empty_segments and mask_t is not None:
             has_tokens = mask_t.any(dim=1)  # (B,)
             mem_next = torch.where(has_tokens[:, None, None], mem_next, mem)
             pooled = torch.where(has_tokens[:, None], pooled, read)

@@ -21,7 +21,8 @@ def make(preset: str, n_segments: int, seg_len: int = 4, **overrides):
     torch.manual_seed(0)
     rf = np.linspace(2.0, 1.0, n_segments) / np.linspace(2.0, 1.0, n_segments).sum()
     kw = {**SIZES, "seq_len": n_segments * seg_len, "n_segments": n_segments, **overrides}
-    return build_model(preset, retention_factors=rf if preset == "rmaat" else None, **kw).double().train()
+    uses_rf = kw.get("use_retention", preset == "rmaat")
+    return build_model(preset, retention_factors=rf if uses_rf else None, **kw).double().train()
 
 
 def make_batch(model, b: int = 3, seed: int = 0) -> dict:
@@ -87,6 +88,18 @@ def test_amrb_gradients_equal_bptt_variants(overrides):
     model = make("rmaat", 3, **overrides)
     data = make_batch(model)
     ref = gradients(model, data, "bptt")
+    assert_same_gradients(ref, gradients(model, data, "amrb", "checkpoint"))
+    assert_same_gradients(ref, gradients(model, data, "amrb", "replay"))
+
+
+@pytest.mark.parametrize("overrides", [{"memory_rule": "consolidate"},
+                                       {"memory_rule": "overwrite", "use_retention": False},
+                                       {"memory_rule": "consolidate", "skip_empty_segments": False, "norm": "pre"}])
+def test_amrb_gradients_equal_bptt_memory_rules(overrides):
+    model = make("rmaat", 5, **overrides)
+    data = make_batch(model)
+    ref = gradients(model, data, "bptt")
+    assert len(ref[1]) == sum(1 for _ in model.parameters())
     assert_same_gradients(ref, gradients(model, data, "amrb", "checkpoint"))
     assert_same_gradients(ref, gradients(model, data, "amrb", "replay"))
 

@@ -76,6 +76,15 @@ def test_amrb_gradients_equal_bptt(preset, length, n_segments):
     assert_same(ref, gradients(model, idx, targets, "amrb", "checkpoint"))
 
 
+@pytest.mark.parametrize("length", [8, 31])
+def test_amrb_gradients_equal_bptt_consolidate(length):
+    model = make("rmaat", memory_rule="consolidate")
+    idx, targets = make_data(length)
+    ref = gradients(model, idx, targets, "bptt")
+    assert_same(ref, gradients(model, idx, targets, "amrb", "replay"))
+    assert_same(ref, gradients(model, idx, targets, "amrb", "checkpoint"))
+
+
 def test_amrb_rlt_and_streaming_rf():
     for preset, extra in (("rlt", {}), ("rmaat", {"retention": "streaming"})):
         model = make(preset, **extra)

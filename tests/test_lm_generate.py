@@ -49,6 +49,8 @@ CASES = {
                         lambda T: streaming_r),
     "rmaat-paper": ("rmaat", {}, lambda T: (lambda t: float(paper_rf(T, "paper")[t]))),
     "rmaat-paper-post": ("rmaat", dict(norm="post"), lambda T: (lambda t: float(paper_rf(T, "paper")[t]))),
+    "rmaat-consolidate": ("rmaat", dict(memory_rule="consolidate"),
+                          lambda T: (lambda t: float(paper_rf(T, "paper")[t]))),
     "rmt": ("rmt", {}, lambda T: None),
     "rmt-post": ("rmt", dict(norm="post"), lambda T: None),
     "rlt": ("rlt", {}, lambda T: None),

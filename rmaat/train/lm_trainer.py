@@ -64,8 +64,10 @@ def lm_config_from_run(config: RunConfig) -> LMConfig:
         raise ConfigError(f"model.preset {m.preset!r} is not a language-model preset; choose one of "
                           f"{', '.join(DEFAULT_BACKPROP)}")
     recurrent = m.preset != "transformer"
-    # the paper RF and the 1/T ablation are both "factors that sum to one over the input's T"
+    # the paper RF and the 1/T ablation are both "factors that sum to one over the input's T";
+    # the overwrite rule (RMT's) reads no factors at all
     retention = (None if m.preset != "rmaat" else
+                 "none" if m.overrides.get("memory_rule") == "overwrite" else
                  "streaming" if m.retention_variant == "streaming" else "paper")
     return LMConfig(preset=m.preset, segment_len=config.segment_len if recurrent else config.data.seq_len,
                     max_len=config.data.seq_len, retention=retention, **m.overrides)
