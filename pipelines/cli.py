@@ -43,6 +43,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "pipelines.bench_cmd:bench",
     "plot": "pipelines.plot_cmd:plot",
     "experiment": "pipelines.experiment_cmd:experiment",
+    "probe": "pipelines.probe_cmd:probe",
 }
 
 
