@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from rmaat.errors import ConfigError, DataError
+from rmaat.replay import rng_state, set_rng_state
 
 AMRB_IMPLS = ("checkpoint", "replay")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,17 +44,6 @@ _INPUT_KEYS = ("input_ids", "attention_mask", "input_ids_2", "attention_mask_2")
 def default_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy in float32 (logits may come out of bf16 autocast)."""
     return F.cross_entropy(logits.float(), labels)
-
-
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 def replay_backward(model, input_ids: torch.Tensor, labels: torch.Tensor,
@@ -88,7 +78,7 @@ def replay_backward(model, input_ids: torch.Tensor, labels: torch.Tensor,
         n_replayed = len(segments) - 1 if keep_last else len(segments)
         with torch.no_grad():
             for t in range(n_replayed):
-                rngs.append(_rng_state(device))
+                rngs.append(rng_state(device))
                 mem, read = model.segment_step(t, *segments[t], mem, read)
                 mems.append(mem)
                 reads.append(read)
@@ -119,7 +109,7 @@ def replay_backward(model, input_ids: torch.Tensor, labels: torch.Tensor,
             grad_mem = None if mem_start is None else mem_start.grad
             grad_read = read_start.grad
             for t in reversed(range(len(segments))):
-                _set_rng_state(rngs[t], device)
+                set_rng_state(rngs[t], device)
                 mem_in = mems[t].detach().requires_grad_()
                 read_in = reads[t].detach().requires_grad_()
                 with torch.enable_grad():

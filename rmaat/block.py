@@ -1,35 +1,31 @@
-"""One encoder block: attention + FFN, residuals, LayerNorm (post-norm by default)."""
+"""One encoder block: attention + FFN, residuals, LayerNorm (post-norm by default).
+
+Shared by both model families: the classifier (`rmaat.encoder`) gives each block its
+bidirectional attention layer, the byte LM (`rmaat.lm`) a causal one; the block only needs the
+sizes of `BlockSizes`, which both families' configs have.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 
-from rmaat.config import ModelConfig
 
+class BlockSizes(Protocol):
+    """What a block reads of a model config (`ModelConfig` and `LMConfig` both have it)."""
 
-def attention_config_from(cfg: ModelConfig):
-    """The `rmaat.attention.AttentionConfig` for a model configuration (N = segment + memory)."""
-    from rmaat.attention import AttentionConfig
-
-    n_mem = cfg.n_mem if cfg.recurrent else 0
-    return AttentionConfig(
-        kind=cfg.attention,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        seq_len=cfg.segment_len + n_mem,  # the largest N of one attention call
-        dropout=0.0,  # the block drops the attention output itself; no second dropout inside
-        alpha=cfg.astro_alpha,
-        m_scale=cfg.astro_m_scale,
-        decay_scale=cfg.astro_decay_scale,
-        use_astro=cfg.astro_use_astro,
-    )
+    d_model: int
+    d_ff: int
+    dropout: float
+    norm: str  # "post" | "pre"
 
 
 class FeedForward(nn.Module):
     """Position-wise MLP D -> d_ff -> D with GELU."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: BlockSizes):
         super().__init__()
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.act = nn.GELU()
@@ -48,15 +44,14 @@ class EncoderBlock(nn.Module):
         h = LN1(x + drop(attn(x)));  out = LN2(h + drop(FFN(h)))
     pre-norm (option; trains more easily when deep, needs a final LayerNorm in the model):
         h = x + drop(attn(LN1(x)));  out = h + drop(FFN(LN2(h)))
-    The attention module returns its output without the residual (architecture Contract 3).
+    The attention module ``attn`` (bidirectional or causal, built by the model) returns its
+    output without the residual (architecture Contract 3): ``attn(x, key_mask) -> (B, N, D)``.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: BlockSizes, attn: nn.Module):
         super().__init__()
-        from rmaat.attention import build_attention
-
         self.pre_norm = cfg.norm == "pre"
-        self.attn = build_attention(attention_config_from(cfg))
+        self.attn = attn
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)

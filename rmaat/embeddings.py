@@ -1,13 +1,27 @@
-"""Input embeddings: token/byte or pixel values plus learned or sinusoidal absolute positions."""
+"""Input embeddings: token/byte or pixel values plus learned or sinusoidal absolute positions.
+
+Shared by both model families (the classifier's `ModelConfig` has every field of
+`EmbeddingSizes`; the byte LM passes its own: bytes as tokens, learned positions).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 
-from rmaat.config import ModelConfig
+
+class EmbeddingSizes(Protocol):
+    """What `InputEmbedding` reads of a model config."""
+
+    embedding: str  # "token" | "pixel"
+    vocab_size: int
+    pixel_max: float
+    positions: str  # "learned" | "sinusoidal"
+    d_model: int
+    dropout: float
 
 
 def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
@@ -30,7 +44,7 @@ class InputEmbedding(nn.Module):
     memory tokens, which enter next to these vectors, are compared against a known scale.
     """
 
-    def __init__(self, cfg: ModelConfig, n_positions: int):
+    def __init__(self, cfg: EmbeddingSizes, n_positions: int):
         super().__init__()
         self.kind = cfg.embedding
         self.pixel_max = float(cfg.pixel_max)

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 
 from rmaat.attention.causal import build_causal_attention
 from rmaat.attention.config import AttentionConfig
-from rmaat.block import EncoderBlock, FeedForward
+from rmaat.block import EncoderBlock
 from rmaat.embeddings import InputEmbedding
 from rmaat.errors import ConfigError, DataError
 from rmaat.memory import carried_memory, resolve_memory_rule
@@ -175,17 +175,11 @@ class CausalBlock(EncoderBlock):
     """rmaat.block.EncoderBlock (same forward, pre/post-norm) with a causal attention layer."""
 
     def __init__(self, cfg: LMConfig):
-        nn.Module.__init__(self)
-        self.pre_norm = cfg.norm == "pre"
-        self.attn = build_causal_attention(AttentionConfig(
+        super().__init__(cfg, build_causal_attention(AttentionConfig(
             kind=cfg.attention, d_model=cfg.d_model, n_heads=cfg.n_heads, seq_len=cfg.call_len,
             dropout=0.0,  # the block drops the attention output itself
             alpha=cfg.astro_alpha, m_scale=cfg.astro_m_scale, decay_scale=cfg.astro_decay_scale,
-            use_astro=cfg.astro_use_astro))
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+            use_astro=cfg.astro_use_astro)))
 
 
 RetentionLoader = Callable[[int, str], "np.ndarray"]

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from rmaat.amrb import _rng_state, _set_rng_state
 from rmaat.errors import ConfigError
+from rmaat.replay import rng_state, set_rng_state
 
 LM_BACKPROP_MODES = ("bptt", "amrb")
 LM_AMRB_IMPLS = ("replay", "checkpoint")
@@ -55,7 +55,7 @@ def replay_backward(model, idx: torch.Tensor, targets: torch.Tensor) -> torch.Te
     mems, rngs, losses = [model.initial_memory(idx.shape[0]).detach()], [], []
     with torch.no_grad():                       # forward: mem_t and RNG state only
         for t in range(last):
-            rngs.append(_rng_state(device))
+            rngs.append(rng_state(device))
             _, loss_t, mem = model.segment_step(t, *pieces[t], mems[t], rf, n_pred)
             losses.append(loss_t)
             mems.append(mem)
@@ -70,7 +70,7 @@ def replay_backward(model, idx: torch.Tensor, targets: torch.Tensor) -> torch.Te
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # leaves the RNG where the forward pass left it
         for t in reversed(range(last)):
-            _set_rng_state(rngs[t], device)
+            set_rng_state(rngs[t], device)
             mem_in = mems[t].detach().requires_grad_()
             with torch.enable_grad():
                 _, loss_t, mem_out = model.segment_step(t, *pieces[t], mem_in, rf, n_pred)

@@ -23,11 +23,28 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from rmaat.attention import AttentionConfig, build_attention
 from rmaat.block import EncoderBlock
 from rmaat.config import BACKPROP_MODES, ModelConfig, get_preset
 from rmaat.embeddings import InputEmbedding
 from rmaat.errors import ConfigError, DataError
 from rmaat.memory import carried_memory
+
+
+def attention_config_from(cfg: ModelConfig) -> AttentionConfig:
+    """The `rmaat.attention.AttentionConfig` for a model configuration (N = segment + memory)."""
+    n_mem = cfg.n_mem if cfg.recurrent else 0
+    return AttentionConfig(
+        kind=cfg.attention,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        seq_len=cfg.segment_len + n_mem,  # the largest N of one attention call
+        dropout=0.0,  # the block drops the attention output itself; no second dropout inside
+        alpha=cfg.astro_alpha,
+        m_scale=cfg.astro_m_scale,
+        decay_scale=cfg.astro_decay_scale,
+        use_astro=cfg.astro_use_astro,
+    )
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -55,7 +72,8 @@ class RMAATModel(nn.Module):
         self.cfg = cfg.validate()
         d = cfg.d_model
         self.embed = InputEmbedding(cfg, n_positions=cfg.segment_len)
-        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(EncoderBlock(cfg, build_attention(attention_config_from(cfg)))
+                                    for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d) if cfg.norm == "pre" else nn.Identity()
         if cfg.recurrent:
             # same scale as the LayerNorm-ed token embeddings it is concatenated with
