@@ -108,7 +108,7 @@ def throughput(presets: str, doc_len: int, segments: int, d_model: int, layers: 
                rounds: int, device: str | None, compile_: bool, compile_mode: str | None, as_json: bool) -> None:
     """Training tokens/s and peak memory of presets at equal size, timed in rotating rounds."""
     from rmaat.benchmarks.throughput_bench import run_throughput_bench, summarise
-    from rmaat.config import PRESETS
+    from rmaat.encoder.config import PRESETS
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
     unknown = [p for p in names if p.split(":")[0] not in PRESETS

@@ -1,6 +1,17 @@
 """RMAAT: Recurrent Memory Augmented Astromorphic Transformer, its baselines and AMRB training.
 
-Importing the package is cheap (no torch); the public names load on first use:
+Two model families over shared parts:
+
+    encoder/     the classifier (LRA tasks): ModelConfig + presets, RMAATModel, AMRB
+    lm/          the causal byte LM: LMConfig + presets, CausalLM, AMRB with a loss per
+                 segment, streaming generation, streaming evaluation
+    shared       attention/ (astromorphic, linear, softmax; causal variants), block.py (the
+                 encoder block), embeddings.py, memory.py (the memory-update rules),
+                 replay.py (RNG state for AMRB's replay), compile.py, errors.py
+    around them  data/, train/, experiments/, probe/, benchmarks/, configs/
+
+Importing the package is cheap (no torch). The classifier's entry points (those of
+`rmaat.encoder`) load on first use:
 
     from rmaat import build_model, train_step
     model = build_model("rmaat", seq_len=4096, n_segments=8)     # RF read from the retention table
@@ -12,21 +23,10 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "ModelConfig": "rmaat.config",
-    "PRESETS": "rmaat.config",
-    "get_preset": "rmaat.config",
-    "RMAATModel": "rmaat.model",
-    "build_model": "rmaat.model",
-    "train_step": "rmaat.amrb",
-    "forward_backward": "rmaat.amrb",
-    "replay_backward": "rmaat.amrb",
-}
-
-__all__ = sorted(_EXPORTS)
-
 
 def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    encoder = importlib.import_module("rmaat.encoder")
+    if name in encoder.__all__:
+        return getattr(encoder, name)
     raise AttributeError(f"module 'rmaat' has no attribute {name!r}")
+

@@ -14,7 +14,7 @@ state before each segment (the same dropout masks on replay, so the gradients eq
 the per-segment loss values; no activations. The last segment runs with autograd in the forward
 pass already (the backward pass starts there, replaying it would only repeat its forward).
 
-Two implementations, as for the classifier (rmaat.amrb):
+Two implementations, as for the classifier (rmaat.encoder.amrb):
 * ``impl="replay"`` (default): the hand-written loop above.
 * ``impl="checkpoint"``: every segment but the last under non-reentrant `torch.utils.checkpoint`
   (preserve_rng_state=True) returning only (L_t, mem_{t+1}); the autograd engine sums the two

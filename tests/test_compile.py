@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rmaat.amrb import forward_backward
+from rmaat.encoder.amrb import forward_backward
 from rmaat.compile import compile_model, compile_options, is_compiled
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -25,7 +25,7 @@ T, SEG = 3, 5  # odd segment length; inputs shorter than seq_len are padded acro
 
 
 def make(preset: str = "rmaat"):
-    from rmaat.model import build_model
+    from rmaat.encoder.model import build_model
 
     torch.manual_seed(0)
     rf = np.linspace(2.0, 1.0, T) / np.linspace(2.0, 1.0, T).sum()

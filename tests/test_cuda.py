@@ -110,8 +110,8 @@ def make_model(preset: str, segment_len: int, n_segments: int, *, dropout: float
     """A small model of `preset` on CPU, seeded; recurrent presets get `n_segments` segments of
     `segment_len` tokens, the others the same number of tokens in one piece. RMAAT gets explicit
     (non-uniform) retention factors, so no table is read."""
-    from rmaat.config import get_preset
-    from rmaat.model import build_model
+    from rmaat.encoder.config import get_preset
+    from rmaat.encoder.model import build_model
 
     recurrent = get_preset(preset).recurrent
     t = n_segments if recurrent else 1
@@ -146,7 +146,7 @@ def to_device(data: dict[str, torch.Tensor], device: torch.device) -> dict[str, 
 
 def run_step(model, data, backprop=None, impl="checkpoint", seed=None, autocast=None):
     """forward_backward on the model's device -> (loss, logits, {name: grad}) in float64 on CPU."""
-    from rmaat.amrb import forward_backward
+    from rmaat.encoder.amrb import forward_backward
 
     device = next(model.parameters()).device
     model.zero_grad(set_to_none=True)
@@ -302,7 +302,7 @@ def test_bf16_autocast_step_close_to_fp32(preset):
     BF16_PARAM_RTOL; dropout off so both see the same network); the weights and their
     gradients stay fp32. A full `train_step` under bf16 then updates every weight to finite
     values."""
-    from rmaat.amrb import train_step
+    from rmaat.encoder.amrb import train_step
 
     model = make_model(preset, 37, 3).to(DEVICE).train()
     data = make_batch(model)

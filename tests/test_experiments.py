@@ -129,7 +129,7 @@ def test_init_from_loads_every_weight_and_refuses_another_model(kjv, tiny, tmp_p
     torch.set_num_threads(1)
     try:
         assert CliRunner().invoke(cli, ["train", "--run-dir", str(tmp_path / "a"), *small]).exit_code == 0
-        from rmaat.model import build_model
+        from rmaat.encoder.model import build_model
 
         model = build_model("rmaat", vocab_size=257, n_classes=6, seq_len=128, n_segments=2, d_model=16,
                             n_heads=2, d_ff=32)
@@ -178,7 +178,7 @@ def test_unknown_experiment_lists_the_valid_ones_and_dry_run_plans(tmp_path):
 def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes_a_step(name, tmp_path, monkeypatch):
     """Each grid point's run config validates at both scales; at the paper's sizes each builds its
     model and takes one AMRB/BPTT training step on random tokens of the run's shape (no data)."""
-    from rmaat.amrb import train_step
+    from rmaat.encoder.amrb import train_step
     from rmaat.data import get_task
     from rmaat.experiments.runner import run_configs, validate_experiment
     from rmaat.experiments.spec import load_experiment

@@ -25,7 +25,7 @@ def _modules_after(code: str) -> set[str]:
     [
         "import retention; from retention import load_retention_factors",
         "import retention.table, retention.macro_model, retention.factors",
-        "import rmaat.model, rmaat.amrb, rmaat.attention",
+        "import rmaat.encoder.model, rmaat.encoder.amrb, rmaat.attention",
         "import rmaat.data, rmaat.train.trainer",
     ],
 )

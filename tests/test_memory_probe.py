@@ -90,7 +90,7 @@ def test_probe_is_deterministic():
 def test_loop_reproduces_the_forward_pass_with_empty_segments():
     """Inputs of several lengths, some leaving whole segments empty (skip_empty_segments): the
     loop's read-out gives the model's logits and its carried states are the forward pass's."""
-    from rmaat.model import build_model
+    from rmaat.encoder.model import build_model
 
     torch.manual_seed(0)
     model = build_model("rmaat", seq_len=32, n_segments=4, d_model=16, n_heads=2, n_layers=1, d_ff=32,

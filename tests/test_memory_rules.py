@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rmaat.config import get_preset
+from rmaat.encoder.config import get_preset
 from rmaat.errors import ConfigError
 from rmaat.lm import build_lm, lm_config
 from rmaat.lm_generate import StreamingDecoder
 from rmaat.memory import carried_memory, consolidation_rate
-from rmaat.model import build_model
+from rmaat.encoder.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from rmaat.config import PRESETS, ModelConfig, get_preset
+from rmaat.encoder.config import PRESETS, ModelConfig, get_preset
 from rmaat.errors import ConfigError, DataError
-from rmaat.model import RMAATModel, build_model
+from rmaat.encoder.model import RMAATModel, build_model
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -280,5 +280,5 @@ def test_config_round_trip_and_messages_are_one_line():
 
 
 def test_config_module_does_not_import_torch():
-    code = "import sys, rmaat, rmaat.config; assert 'torch' not in sys.modules; rmaat.config.get_preset('rmaat')"
+    code = "import sys, rmaat, rmaat.encoder.config; assert 'torch' not in sys.modules; rmaat.encoder.config.get_preset('rmaat')"
     subprocess.run([sys.executable, "-c", code], check=True)

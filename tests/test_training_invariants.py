@@ -50,7 +50,7 @@ def test_evaluation_draws_no_random_numbers():
     """evaluate_split on a model with dropout (in training mode when called) leaves torch's,
     numpy's and Python's global RNG states exactly as they were (exact resume relies on it: a
     validation pass sits between two training steps), and puts the model back in training mode."""
-    from rmaat.model import build_model
+    from rmaat.encoder.model import build_model
     from rmaat.train.batching import Collate
     from rmaat.train.evaluation import evaluate_split
 

@@ -7,7 +7,7 @@ loaded on first use.
 
 from __future__ import annotations
 
-import importlib
+from rmaat.exports import lazy_exports
 
 _EXPORTS = {
     "AttentionConfig": "rmaat.attention.config",
@@ -24,10 +24,4 @@ _EXPORTS = {
     "build_causal_attention": "rmaat.attention.causal",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'rmaat.attention' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -148,8 +148,8 @@ def measure_step(segments: int, mode: str, *, segment_len: int, d_model: int, ba
     import numpy as np
     import torch
 
-    from rmaat.amrb import train_step
-    from rmaat.model import build_model
+    from rmaat.encoder.amrb import train_step
+    from rmaat.encoder.model import build_model
 
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not one of {', '.join(MODES)}")

@@ -271,7 +271,7 @@ def check_model(config: Any) -> None:
 
 def _check_classifier_model(config: Any) -> None:
     from retention import load_retention_factors
-    from rmaat.config import get_preset
+    from rmaat.encoder.config import get_preset
     from rmaat.data import get_task
     from rmaat.train.batching import model_overrides
 
@@ -296,7 +296,7 @@ def _check_lm_model(config: Any) -> None:
 def _check_evaluate(trained: dict[str, Any] | None, segments: int) -> None:
     """An evaluate stage re-reads the last trained stage's checkpoint at ``segments`` segments of
     the trained segment length: that model must exist there too."""
-    from rmaat.config import get_preset
+    from rmaat.encoder.config import get_preset
     from rmaat.data.kjv_lm import is_lm_task
     from rmaat.train.config import RunConfig
 

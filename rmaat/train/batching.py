@@ -30,7 +30,7 @@ def model_overrides(config: RunConfig, spec: Any) -> tuple[str, dict[str, Any]]:
     ``at``, which read the whole input at once) and, if set, the backprop mode; the rest of
     ``model`` is passed through.
     """
-    from rmaat.config import get_preset
+    from rmaat.encoder.config import get_preset
 
     m = config.model
     for reserved, where in (("seq_len", "data.seq_len"), ("n_segments", "model.segments")):
@@ -58,8 +58,8 @@ def build_run_model(config: RunConfig, spec: Any, retention_factors: Any = None)
     Without ``retention_factors`` the run's table is read for T = segments (RetentionTableError
     naming the command that adds a missing T).
     """
-    from rmaat.config import get_preset
-    from rmaat.model import build_model
+    from rmaat.encoder.config import get_preset
+    from rmaat.encoder.model import build_model
 
     preset, overrides = model_overrides(config, spec)
     model_cfg = get_preset(preset).replace(**overrides)

@@ -11,7 +11,7 @@ A run config has four sections plus the task name::
 One YAML file per task ships in ``rmaat/configs/`` (paper lengths, 512-token segments).
 Every field can be overridden from the command line (``--set section.field=value``); keys
 under ``model`` that are not listed in :class:`ModelSection` are passed to
-``rmaat.model.build_model`` unchanged, which rejects unknown names.
+``rmaat.encoder.model.build_model`` unchanged, which rejects unknown names.
 
 The *config hash* covers every field that changes what is trained (model, data length,
 optimiser, schedule, seed, ...) and leaves out the ones that only say where and how often

@@ -171,7 +171,7 @@ def resegment(config: RunConfig, segments: int) -> None:
     """Set ``config`` to ``segments`` segments of its current segment length (in place).
 
     ConfigError for a model without segment recurrence, whose positions span the whole input."""
-    from rmaat.config import get_preset
+    from rmaat.encoder.config import get_preset
 
     if segments < 1:
         raise ConfigError(f"--segments must be >= 1, got {segments}")

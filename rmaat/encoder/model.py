@@ -11,7 +11,7 @@ buffer so checkpoints carry the factors they were trained with), or another rule
 Training modes (`backprop`): "bptt" keeps every segment's activations for the backward pass;
 "amrb" runs each segment under non-reentrant `torch.utils.checkpoint` with the embedding lookup
 inside, so that only token ids and memory states survive the forward pass and each segment is
-replayed, with its saved RNG state, when the backward pass reaches it (SPEC §4; see rmaat.amrb).
+replayed, with its saved RNG state, when the backward pass reaches it (SPEC §4; see rmaat.encoder.amrb).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rmaat.attention import AttentionConfig, build_attention
 from rmaat.block import EncoderBlock
-from rmaat.config import BACKPROP_MODES, ModelConfig, get_preset
+from rmaat.encoder.config import BACKPROP_MODES, ModelConfig, get_preset
 from rmaat.embeddings import InputEmbedding
 from rmaat.errors import ConfigError, DataError
 from rmaat.memory import carried_memory
