@@ -180,7 +180,7 @@ def report(name: str, scale: str, seeds: int | None, root: Path | None) -> None:
 def stream(name: str, points: str, stream_bytes: int, streams: int | None, scale: str, seeds: int | None,
            root: Path | None) -> None:
     """Bits per byte by position over long held-out streams for the trained runs of POINTS, memory
-    carried across every segment, per retention rule (rmaat.lm_stream); writes streaming.md and
+    carried across every segment, per retention rule (rmaat.lm.stream); writes streaming.md and
     streaming.png under the experiment's streaming-<bytes>/ folder."""
     import shlex
 

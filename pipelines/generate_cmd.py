@@ -5,8 +5,8 @@
 Bytes are printed as they are sampled, after the prompt's own bytes (taken as given, UTF-8 or
 not: the model reads bytes). A recurrent model (rmaat, rmt, rlt) carries its memory
 across segments for as long as it runs: rmaat with the T-free streaming factor r_t (the paper's
-RF needs the total length in advance, unknown while generating; rmaat.lm_stream), rmt and rlt
-unscaled. The transformer slides its window past its trained context (rmaat.lm_generate).
+RF needs the total length in advance, unknown while generating; rmaat.lm.stream), rmt and rlt
+unscaled. The transformer slides its window past its trained context (rmaat.lm.generate).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def generate(checkpoint, prompt, max_bytes, temperature, top_k, seed, device) ->
     from pipelines.options import check_device
 
     check_device(device)
-    from rmaat.lm_generate import stream
-    from rmaat.lm_stream import t_free_factor
+    from rmaat.lm.generate import stream
+    from rmaat.lm.stream import t_free_factor
     from rmaat.train.distributed import distributed_session
     from rmaat.train.lm_trainer import load_lm_checkpoint
 

@@ -162,7 +162,7 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, stre
     (byte LMs: bits per byte next to the unigram byte baseline, or by position with --stream-bytes)."""
     from pipelines.options import check_device, check_output_file
     from rmaat.errors import ConfigError
-    from rmaat.lm_stream import FIGURE_SUFFIXES
+    from rmaat.lm.stream import FIGURE_SUFFIXES
 
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -219,14 +219,14 @@ def _evaluate_lm(checkpoint, split, data_dir, device, batch_size, stream_bytes, 
     result = stream_evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device,
                                         stream_bytes=stream_bytes, max_streams=streams)
     if figure is not None:
-        from rmaat.lm_stream import plot_stream
+        from rmaat.lm.stream import plot_stream
 
         plot_stream(result, figure, f"{result['preset']} (step {result['step']}): bits per byte "
                                     f"by position, {split} split")
     if as_json:
         click.echo(json.dumps(result))
         return
-    from rmaat.lm_stream import format_stream
+    from rmaat.lm.stream import format_stream
 
     click.echo(format_stream(result))
     if figure is not None:

@@ -20,7 +20,7 @@ mem'_{t+1} (B, M, D). The memory carried into segment t+1 is
 Every rule is linear in (mem_t, mem'_{t+1}) with weights fixed by the factors, so AMRB's replay
 stays exact (the weights are recomputed identically in the replayed segment).
 
-Both model families (the classifier `rmaat.encoder.model.RMAATModel` and the byte LM `rmaat.lm.CausalLM`),
+Both model families (the classifier `rmaat.encoder.model.RMAATModel` and the byte LM `rmaat.lm.model.CausalLM`),
 the streaming evaluation and streaming generation call :func:`carried_memory`; the factors are a
 tensor (classifier), a float64 array (LM) or a running sum (generation, which does not know T).
 """

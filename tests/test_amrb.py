@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rmaat.encoder.amrb import forward_backward, train_step
 from rmaat.benchmarks.memory_bench import live_tensor_counter, summarise
-from rmaat.errors import ConfigError, DataError
+from rmaat.encoder.amrb import forward_backward, train_step
 from rmaat.encoder.model import build_model
+from rmaat.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

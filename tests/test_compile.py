@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from rmaat.encoder.amrb import forward_backward
 from rmaat.compile import compile_model, compile_options, is_compiled
+from rmaat.encoder.amrb import forward_backward
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 slow = pytest.mark.slow  # compiles: ~10-60 s each on a loaded 2-core machine

@@ -505,7 +505,7 @@ LM_PRESETS = ("rmaat", "rmt", "rlt", "transformer")
 
 def make_lm(preset: str, *, dropout: float = 0.0):
     """A small causal byte LM on CPU, seeded; rmaat gets explicit non-uniform factors (no table)."""
-    from rmaat.lm import build_lm
+    from rmaat.lm.model import build_lm
 
     torch.manual_seed(0)
     return build_lm(preset, retention_loader=lambda T, v: np.linspace(2.0, 1.0, T) / np.linspace(2.0, 1.0, T).sum(),
@@ -514,7 +514,7 @@ def make_lm(preset: str, *, dropout: float = 0.0):
 
 def lm_step(model, idx, backprop="bptt", seed=None):
     """lm_forward_backward on the model's device -> (loss, {name: grad}) in float64 on CPU."""
-    from rmaat.lm_amrb import lm_forward_backward
+    from rmaat.lm.amrb import lm_forward_backward
 
     device = next(model.parameters()).device
     model.zero_grad(set_to_none=True)

@@ -144,12 +144,12 @@ def test_generate_validates_its_arguments_before_printing_anything(checkpoint, a
 def no_stream_pass(monkeypatch):
     """Make the streaming evaluation itself fail loudly: a check that comes after it shows up
     as this AssertionError instead of a one-line error."""
-    import rmaat.lm_stream
+    import rmaat.lm.stream
 
     def computed(*args, **kwargs):
         raise AssertionError("the stream was evaluated before --figure was checked")
 
-    monkeypatch.setattr(rmaat.lm_stream, "evaluate_stream", computed)
+    monkeypatch.setattr(rmaat.lm.stream, "evaluate_stream", computed)
 
 
 def _bad_figures(tmp_path: Path) -> list[tuple[Path, str]]:

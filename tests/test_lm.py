@@ -1,4 +1,4 @@
-"""Causal byte LM (rmaat.lm) and its AMRB with a loss on every segment (rmaat.lm_amrb)."""
+"""Causal byte LM (rmaat.lm.model) and its AMRB with a loss on every segment (rmaat.lm.amrb)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from rmaat.errors import ConfigError, DataError
-from rmaat.lm import IGNORE_INDEX, CausalLM, bits_per_byte, build_lm, lm_config
-from rmaat.lm_amrb import lm_forward_backward
+from rmaat.lm.amrb import lm_forward_backward
+from rmaat.lm.config import lm_config
+from rmaat.lm.model import IGNORE_INDEX, CausalLM, bits_per_byte, build_lm
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -1,4 +1,4 @@
-"""Streaming generation (rmaat.lm_generate): the byte-at-a-time decoder equals the full forward."""
+"""Streaming generation (rmaat.lm.generate): the byte-at-a-time decoder equals the full forward."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rmaat.errors import ConfigError, DataError
-from rmaat.lm import CausalLM, build_lm
-from rmaat.lm_generate import StreamingDecoder, generate, stream
+from rmaat.lm.generate import StreamingDecoder, generate, stream
+from rmaat.lm.model import CausalLM, build_lm
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

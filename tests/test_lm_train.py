@@ -1,5 +1,5 @@
 """`pipeline train --task kjv_lm` (the byte LM), `pipeline evaluate` and `pipeline generate` end to end
-on CPU with tiny models, the KJV byte splits, and the streaming evaluation (rmaat.lm_stream).
+on CPU with tiny models, the KJV byte splits, and the streaming evaluation (rmaat.lm.stream).
 
 A small text corpus in a data directory (train.txt / val.txt / test.txt) stands in for the KJV
 where only the training machinery is under test; the held-out-book splits and the "beats the
@@ -20,8 +20,8 @@ from rmaat.data.kjv_lm import (
     WindowSampler, eval_windows, held_out_books, kjv_split_text, load_byte_split, split_of_book,
     unigram_bits_per_byte,
 )
-from rmaat.lm import build_lm
-from rmaat.lm_stream import bpb_by_segment, evaluate_stream, mode_factors, streaming_factors, t_free_factor
+from rmaat.lm.model import build_lm
+from rmaat.lm.stream import bpb_by_segment, evaluate_stream, mode_factors, streaming_factors, t_free_factor
 from rmaat.train.checkpoint import load_checkpoint
 from rmaat.train.metrics import read_metrics
 
@@ -157,7 +157,7 @@ def test_train_evaluate_generate(tmp_path, corpus_dir):
     # forward re-run on the growing text with the same factors
     greedy = invoke("generate", "--checkpoint", run / "checkpoints" / "best.pt", "--prompt", "the cat",
                     "--max-bytes", 150, "--temperature", 0).stdout_bytes
-    from rmaat.lm_stream import t_free_factor
+    from rmaat.lm.stream import t_free_factor
     from rmaat.train.lm_trainer import load_lm_checkpoint
 
     model, _, _ = load_lm_checkpoint(run / "checkpoints" / "best.pt")
@@ -366,7 +366,7 @@ def test_packaged_lm_experiment_builds_and_steps(scale, tmp_path):
     step of its backprop mode on two segments of random bytes."""
     from rmaat.experiments.runner import run_configs
     from rmaat.experiments.spec import load_experiment
-    from rmaat.lm_amrb import lm_forward_backward
+    from rmaat.lm.amrb import lm_forward_backward
     from rmaat.train.config import RunConfig
     from rmaat.train.lm_trainer import build_run_lm, lm_backprop
 

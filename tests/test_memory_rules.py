@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from rmaat.encoder.config import get_preset
-from rmaat.errors import ConfigError
-from rmaat.lm import build_lm, lm_config
-from rmaat.lm_generate import StreamingDecoder
-from rmaat.memory import carried_memory, consolidation_rate
 from rmaat.encoder.model import build_model
+from rmaat.errors import ConfigError
+from rmaat.lm.config import lm_config
+from rmaat.lm.generate import StreamingDecoder
+from rmaat.lm.model import build_lm
+from rmaat.memory import carried_memory, consolidation_rate
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rmaat.encoder.config import PRESETS, ModelConfig, get_preset
-from rmaat.errors import ConfigError, DataError
 from rmaat.encoder.model import RMAATModel, build_model
+from rmaat.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

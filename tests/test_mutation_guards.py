@@ -231,7 +231,7 @@ def test_lm_memory_entering_segment_t_plus_1_is_rf_t_times_segment_t_write_outpu
     block of the first layer's input, seen by a forward pre-hook) is RF[t] times segment t's
     write output (the write rows of the final LayerNorm's output, seen by a forward hook); the
     memory entering segment 0 is mem_init."""
-    from rmaat.lm import build_lm
+    from rmaat.lm.model import build_lm
 
     factors = np.array([0.5, 2.0, 3.5])
     torch.manual_seed(0)

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from rmaat.encoder.amrb import train_step
 from rmaat.benchmarks.memory_bench import live_tensor_counter
 from rmaat.compile import compile_model
+from rmaat.encoder.amrb import train_step
 from rmaat.encoder.model import build_model
 
 #: Preset -> the training mode it is compared in (its own default: AMRB for RMAAT, BPTT for RMT).

@@ -25,8 +25,8 @@ from torch.utils.checkpoint import checkpoint
 
 from rmaat.attention import AttentionConfig, build_attention
 from rmaat.block import EncoderBlock
-from rmaat.encoder.config import BACKPROP_MODES, ModelConfig, get_preset
 from rmaat.embeddings import InputEmbedding
+from rmaat.encoder.config import BACKPROP_MODES, ModelConfig, get_preset
 from rmaat.errors import ConfigError, DataError
 from rmaat.memory import carried_memory
 

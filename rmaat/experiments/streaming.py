@@ -1,7 +1,7 @@
 """Streaming evaluation of an LM experiment's trained runs (``pipeline experiment stream``).
 
 For each chosen grid point and seed, the run's ``best.pt`` reads long held-out streams with its
-memory carried across every segment (:func:`rmaat.lm_stream.evaluate_stream`: bits per byte by
+memory carried across every segment (:func:`rmaat.lm.stream.evaluate_stream`: bits per byte by
 position for each retention rule). One JSON per run is kept under
 ``<root>/streaming-<bytes>/`` (one made for the same ``--streams`` and the same trained run is
 not redone; the folder is made with its first file, so a failed call leaves none), and the seeds

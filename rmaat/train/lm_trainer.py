@@ -6,11 +6,11 @@ what differs is the objective's part (the hooks of the Trainer):
 
 * data: byte streams of the held-out-book splits (:mod:`rmaat.data.kjv_lm`), training windows
   from a :class:`~rmaat.data.kjv_lm.WindowSampler` whose position is a batch counter;
-* model: :class:`rmaat.lm.CausalLM` from the run config (``model.preset`` rmaat / rmt / rlt /
+* model: :class:`rmaat.lm.model.CausalLM` from the run config (``model.preset`` rmaat / rmt / rlt /
   transformer; ``data.seq_len`` bytes of context cut into ``model.segments`` segments; every
-  other ``model.*`` key is an :class:`~rmaat.lm.LMConfig` field such as ``d_model`` or ``n_mem``);
+  other ``model.*`` key is an :class:`~rmaat.lm.config.LMConfig` field such as ``d_model`` or ``n_mem``);
 * step: next-byte cross-entropy on every segment, through AMRB (rmaat's default, the
-  per-segment-loss replay of :mod:`rmaat.lm_amrb`) or BPTT (the baselines' default);
+  per-segment-loss replay of :mod:`rmaat.lm.amrb`) or BPTT (the baselines' default);
 * metric: bits per byte, lower is better; the best checkpoint has the lowest validation bpb
   (stored as the score ``-bpb``), and the test pass prints it next to a unigram byte baseline.
 
@@ -33,8 +33,9 @@ from rmaat.data.kjv_lm import (
     LM_TITLE, WindowSampler, bigram_bits_per_byte, bits, eval_windows, load_byte_split, unigram_bits_per_byte,
 )
 from rmaat.errors import CheckpointError, ConfigError, DataError
-from rmaat.lm import CausalLM, LMConfig
-from rmaat.lm_amrb import lm_forward_backward
+from rmaat.lm.amrb import lm_forward_backward
+from rmaat.lm.config import LMConfig
+from rmaat.lm.model import CausalLM
 from rmaat.train.checkpoint import load_checkpoint, stored_config
 from rmaat.train.config import RunConfig, config_hash
 from rmaat.train.distributed import DistInfo, all_reduce_sum, distributed_session
@@ -321,8 +322,8 @@ def evaluate_lm_checkpoint(path: str | Path, *, split: str = "test", data_dir: s
 def stream_evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str | None = None,
                                device: str = "auto", stream_bytes: int = 65536,
                                max_streams: int | None = None) -> dict[str, Any]:
-    """Bits per byte by position over long streams with memory carried (rmaat.lm_stream)."""
-    from rmaat.lm_stream import evaluate_stream
+    """Bits per byte by position over long streams with memory carried (rmaat.lm.stream)."""
+    from rmaat.lm.stream import evaluate_stream
 
     with distributed_session(device) as (_, torch_device):
         model, config, state = load_lm_checkpoint(path, torch_device)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from rmaat.errors import ConfigError, DataError
-from rmaat.lm import CausalLM
+from rmaat.lm.model import CausalLM
 
 MODES = ("train", "paper", "streaming", "carry", "reset")
 #: The formats :func:`plot_stream` writes, chosen by the file's suffix.

@@ -1,4 +1,4 @@
-"""Streaming generation for `rmaat.lm.CausalLM`: one byte at a time, memory carried for as long as it runs.
+"""Streaming generation for `rmaat.lm.model.CausalLM`: one byte at a time, memory carried for as long as it runs.
 
 `CausalLM.forward` processes segment t with ONE causal attention call per layer over
 
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from rmaat.attention.causal import CausalAstromorphicAttention, CausalSoftmaxAttention
 from rmaat.errors import ConfigError, DataError
-from rmaat.lm import CausalBlock, CausalLM
+from rmaat.lm.model import CausalBlock, CausalLM
 from rmaat.memory import carried_memory
 
 Factor = Callable[[int], float]

@@ -1,7 +1,7 @@
 """AMRB for the causal LM: a loss on every segment (SPEC §4 and §8).
 
 The loss of an input is L = sum_t L_t, L_t = the cross-entropy sum of segment t's predicted bytes
-divided by the number of predicted bytes of the whole input (rmaat.lm.CausalLM.segment_step).
+divided by the number of predicted bytes of the whole input (rmaat.lm.model.CausalLM.segment_step).
 Segment t's parameters and its input memory mem_t influence L through L_t and through mem_{t+1}, so
 going backwards
 
