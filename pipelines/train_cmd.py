@@ -124,7 +124,8 @@ def train(task, config_path, preset, backprop, max_steps, batch_size, lr, segmen
     config = resolve_config(task, config_path, run_dir, resume, options, set_items)
 
     from rmaat.data.kjv_lm import is_lm_task
-    from rmaat.train.trainer import Trainer, default_run_dir
+    from rmaat.train.rundir import default_run_dir
+    from rmaat.train.trainer import Trainer
 
     if is_lm_task(config.task):
         from rmaat.train.lm_trainer import LMTrainer as Trainer  # same loop, byte-LM objective
@@ -179,7 +180,7 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, stre
         return
     if stream_bytes is not None or streams is not None or figure is not None:
         raise ConfigError("--stream-bytes, --streams and --figure are for byte-LM checkpoints (pipeline train --task kjv_lm)")
-    from rmaat.train.trainer import evaluate_checkpoint
+    from rmaat.train.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, split=split, data_dir=data_dir, device=device,
                                  batch_size=batch_size, by=by, segments=segments)
@@ -192,7 +193,7 @@ def evaluate(checkpoint, split, data_dir, device, batch_size, by, segments, stre
                f"{split} split (n={result['n']}): accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}; "
                f"majority-class baseline {result['majority_baseline']:.4f}")
     if by == "depth":
-        from rmaat.train.trainer import format_by_depth
+        from rmaat.train.summary import format_by_depth
 
         click.echo(format_by_depth(result["by_depth_segment"]))
 

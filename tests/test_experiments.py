@@ -117,7 +117,7 @@ def test_tiny_experiment_end_to_end_with_skip_resume_and_report(kjv, tiny, tmp_p
 def test_init_from_loads_every_weight_and_refuses_another_model(kjv, tiny, tmp_path):  # noqa: F811
     from rmaat.errors import CheckpointError
     from rmaat.train.checkpoint import load_checkpoint
-    from rmaat.train.trainer import init_weights
+    from rmaat.train.checkpoint import init_weights
 
     data = tmp_path / "d"
     assert CliRunner().invoke(cli, ["data", "generate", "--task", "babi_qa1", "--out", str(data), "--length", "128",

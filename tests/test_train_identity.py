@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 from rmaat.data import get_task
 from rmaat.data.listops import GENERATION_FILE, read_generation_record
-from rmaat.train.trainer import format_summary, task_identity
+from rmaat.train.batching import task_identity
+from rmaat.train.summary import format_summary
 
 
 def _dataset_in(folder):

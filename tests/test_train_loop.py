@@ -253,7 +253,7 @@ def test_sampler_is_seeded_sharded_and_resumable():
 
 
 def test_learning_rate_schedule():
-    from rmaat.train.trainer import lr_multiplier
+    from rmaat.train.optim import lr_multiplier
 
     warm = [lr_multiplier(s, 100, 0.1, "cosine", 0.0) for s in range(10)]
     assert warm == pytest.approx([(s + 1) / 10 for s in range(10)])

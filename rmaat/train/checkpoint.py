@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmaat.errors import CheckpointError
+from rmaat.errors import CheckpointError, ConfigError
 from retention.atomic import atomic_write
 
 FORMAT = "rmaat-train-checkpoint/1"
@@ -159,6 +159,25 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def check_resumable(state: dict[str, Any], path: Path, config, world_size: int) -> None:
+    """CheckpointError unless a run of ``config`` on ``world_size`` processes may resume from ``state``
+    (read from ``path``): the same process count (the data order is dealt per rank) and config."""
+    from rmaat.train.config import RunConfig, config_diff, config_hash
+
+    if int(state.get("world_size", 1)) != world_size:
+        raise CheckpointError(f"checkpoint {path} was written by {state.get('world_size', 1)} process(es) and "
+                              f"this run has {world_size}; resume with the same number of processes")
+    if state["config_hash"] == config_hash(config):
+        return
+    try:
+        saved = RunConfig.from_dict(state["config"])
+        diff = "; ".join(config_diff(saved, config)[:6])
+    except ConfigError:
+        diff = "the stored config is not readable"
+    raise CheckpointError(f"checkpoint {path} was written by a different configuration ({diff}); "
+                          f"rerun with the original options or use a new --run-dir")
 
 
 def init_weights(model: torch.nn.Module, path: Path) -> None:

@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import hashlib
 import resource
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
+from rmaat.data.tasks import TaskSpec
 from rmaat.train.batching import task_identity
-from rmaat.train.config import config_hash
-
-if TYPE_CHECKING:
-    from rmaat.train.trainer import Trainer
+from rmaat.train.config import RunConfig, config_hash
+from rmaat.train.distributed import DistInfo
 
 
-def run_summary(trainer: Trainer, test: dict[str, Any] | None, final_val: dict[str, Any]) -> dict[str, Any]:
+class FinishedRun(Protocol):
+    """What :func:`run_summary` reads of a run at its end (a :class:`rmaat.train.trainer.Trainer`).
+
+    A protocol rather than the Trainer class, so that this module needs nothing of the loop that
+    imports it."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    spec: TaskSpec
+    data: dict[str, Any]
+    step: int
+    best_step: int
+    best_val: float
+    tokens_seen: int
+    train_time: float
+    device: torch.device
+    info: DistInfo
+
+    def elapsed(self) -> float: ...
+
+
+def run_summary(trainer: FinishedRun, test: dict[str, Any] | None, final_val: dict[str, Any]) -> dict[str, Any]:
     """The record of a finished run (``summary.json``, Contract 6) from its trainer and its final
     test (best checkpoint; None for a run that does not score the test split) and validation results."""
     cfg, model = trainer.config, trainer.model

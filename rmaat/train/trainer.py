@@ -34,39 +34,21 @@ import torch
 import torch.nn.functional as F
 
 from retention.lock import FileLock
-from rmaat.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
-# Re-exported: callers and tests import these from ``rmaat.train.trainer`` (they lived here
-# before batching and evaluation became modules of their own).
-from rmaat.train.batching import (  # noqa: F401
-    BatchStream, Collate, batch_tokens, build_run_model, load_splits, model_inputs, model_overrides, task_identity,
-)
+from rmaat.errors import CheckpointError, DataError, TrainingDivergedError
+from rmaat.train.batching import BatchStream, Collate, batch_tokens, build_run_model, load_splits, model_inputs
 from rmaat.train.checkpoint import (
-    FORMAT, atomic_torch_save, capture_rng_state, init_weights, load_checkpoint, restore_rng_state,
+    FORMAT, atomic_torch_save, capture_rng_state, check_resumable, init_weights, load_checkpoint, restore_rng_state,
 )
-from rmaat.train.config import RunConfig, config_diff, config_hash
+from rmaat.train.config import RunConfig, config_hash
 from rmaat.train.distributed import (
     ResumableSampler, all_reduce_sum, any_rank, barrier, gather_objects, init_distributed, shutdown_distributed,
 )
-from rmaat.train.evaluation import autocast_context, evaluate_checkpoint, evaluate_split  # noqa: F401
+from rmaat.train.evaluation import autocast_context, evaluate_split
 from rmaat.train.metrics import MetricsLogger, atomic_write_json, atomic_write_text, plot_curves, truncate_metrics
-from rmaat.train.rundir import (  # noqa: F401
-    RUN_ARTEFACTS, check_run_dir, clear_run_dir, default_run_dir, lock_run_dir, start_mode,
-)
-from rmaat.train.summary import format_by_depth, format_summary, parameter_digest, peak_memory, run_summary  # noqa: F401
-
-
-
-def lr_multiplier(step: int, max_steps: int, warmup: float, schedule: str, min_ratio: float) -> float:
-    """LR factor for optimiser step ``step`` (0-based): linear warm-up over ``warmup * max_steps``
-    steps (never 0 at step 0), then cosine/linear decay to ``min_ratio`` at ``max_steps``."""
-    warm = int(round(warmup * max_steps))
-    if step < warm:
-        return (step + 1) / warm
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warm) / max(1, max_steps - warm))
-    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-    return min_ratio + (1.0 - min_ratio) * shape
+from rmaat.train.optim import build_optimizer
+from rmaat.train.rundir import check_run_dir, clear_run_dir, default_run_dir, lock_run_dir, start_mode
+from rmaat.train.signals import stop_signals
+from rmaat.train.summary import format_summary, parameter_digest, run_summary
 
 
 def click_style_echo(message: str, err: bool = False) -> None:
@@ -117,7 +99,8 @@ class Trainer:
             self.checkpoint: dict[str, Any] | None = None
             if resume:
                 self.checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
-                self._check_same_config(self.checkpoint, self.run_dir / "checkpoints" / "last.pt")
+                check_resumable(self.checkpoint, self.run_dir / "checkpoints" / "last.pt", self.config,
+                                self.info.world_size)
             rf = self.checkpoint.get("retention_factors") if self.checkpoint else None
             self._build(rf)
             if config.train.init_from is not None and not resume:
@@ -184,21 +167,6 @@ class Trainer:
             self.echo(f"note: data.seq_len={self.config.data.seq_len} is below the task's length "
                       f"{self.spec.seq_len}: longer inputs are cut", err=True)
 
-    def _check_same_config(self, state: dict[str, Any], path: Path) -> None:
-        if int(state.get("world_size", 1)) != self.info.world_size:
-            # the data order is dealt per rank: another process count would replay other examples
-            raise CheckpointError(f"checkpoint {path} was written by {state.get('world_size', 1)} process(es) and "
-                                  f"this run has {self.info.world_size}; resume with the same number of processes")
-        if state["config_hash"] == config_hash(self.config):
-            return
-        try:
-            saved = RunConfig.from_dict(state["config"])
-            diff = "; ".join(config_diff(saved, self.config)[:6])
-        except ConfigError:
-            diff = "the stored config is not readable"
-        raise CheckpointError(f"checkpoint {path} was written by a different configuration ({diff}); "
-                              f"rerun with the original options or use a new --run-dir")
-
     # ------------------------------------------------------------------------- set-up
     def _setup(self) -> None:
         cfg, info, device = self.config, self.info, self.device
@@ -215,17 +183,8 @@ class Trainer:
 
             self.module = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-            fused=device.type == "cuda")
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, device)
         t = cfg.train
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_multiplier(s, t.max_steps, o.warmup, o.schedule, o.min_lr_ratio))
         self.micro_batch = t.batch_size // t.grad_accum
         self.stream = self._train_stream(self.micro_batch)
         self.step, self.best_val, self.best_step = 0, -math.inf, 0
@@ -430,36 +389,35 @@ class Trainer:
 
             bar = tqdm(total=t.max_steps, initial=self.step, desc=f"{cfg.task} {cfg.model.preset}",
                        unit="step", dynamic_ncols=True)
-        handlers = self._install_signal_handlers()
         stopped = False
         window_time = 0.0
         try:
-            self.model.train()
-            while self.step < t.max_steps:
-                tick = time.perf_counter()
-                self._train_step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                dt = time.perf_counter() - tick
-                self.train_time += dt
-                window_time += dt
-                if bar is not None:
-                    bar.update(1)
-                if self.step % t.log_every == 0:
-                    self._log_train(bar, window_time)
-                    window_time = 0.0
-                if self.step % t.eval_every == 0 and self.step < t.max_steps:
-                    self._validate(full=False)
-                    self.model.train()
-                session_done = t.stop_after is not None and self.step - start_step >= t.stop_after
-                if any_rank(self._stop_requested or session_done, info, self.device) and self.step < t.max_steps:
-                    stopped = True
-                    self.stop_reason = "signal" if self._stop_requested else "stop_after"
-                    break
-                if self.step % t.save_every == 0 and self.step < t.max_steps:
-                    self._save("last.pt", self._state())
+            with stop_signals(self.request_stop):
+                self.model.train()
+                while self.step < t.max_steps:
+                    tick = time.perf_counter()
+                    self._train_step()
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    dt = time.perf_counter() - tick
+                    self.train_time += dt
+                    window_time += dt
+                    if bar is not None:
+                        bar.update(1)
+                    if self.step % t.log_every == 0:
+                        self._log_train(bar, window_time)
+                        window_time = 0.0
+                    if self.step % t.eval_every == 0 and self.step < t.max_steps:
+                        self._validate(full=False)
+                        self.model.train()
+                    session_done = t.stop_after is not None and self.step - start_step >= t.stop_after
+                    if any_rank(self._stop_requested or session_done, info, self.device) and self.step < t.max_steps:
+                        stopped = True
+                        self.stop_reason = "signal" if self._stop_requested else "stop_after"
+                        break
+                    if self.step % t.save_every == 0 and self.step < t.max_steps:
+                        self._save("last.pt", self._state())
         finally:
-            self._restore_signal_handlers(handlers)
             if bar is not None:
                 bar.close()
         if stopped:
@@ -514,22 +472,6 @@ class Trainer:
             self.logger.flush()
             plot_curves(self.logger.path, self.run_dir / "curves.png", baseline=baseline, title=title, metric=metric)
             self.echo(report)
-
-    # ---------------------------------------------------------------------- signals
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, self.request_stop)
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, force: bool = False,
