@@ -26,7 +26,7 @@ ROOT = click.option("--root", type=click.Path(file_okay=False, path_type=Path), 
 def _root(root: Path | None, scale: str, name: str) -> Path:
     """The experiment's folder under ``--root``, checked to be (or to be able to become) a
     writable folder, so that a root below a regular file fails here in one line, not mid-run."""
-    from rmaat.experiments.runner import DEFAULT_ROOT
+    from rmaat.experiments.jobs import DEFAULT_ROOT
 
     folder = (root or DEFAULT_ROOT / scale) / name
     _check_folder(folder, "--root" if root is not None else "the default root")
@@ -99,10 +99,9 @@ def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, prog
     second signal stops them at once); the same command resumes. Exit status 130 / 143."""
     from rmaat.errors import ConfigError
     from rmaat.experiments.report import run_command, write_report
-    from rmaat.experiments.runner import (
-        ExperimentStopped, check_stale, estimate_seconds, run_experiment, validate_experiment,
-    )
+    from rmaat.experiments.runner import ExperimentStopped, check_stale, estimate_seconds, run_experiment
     from rmaat.experiments.spec import load_experiment
+    from rmaat.experiments.validate import validate_experiment
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")

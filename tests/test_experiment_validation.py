@@ -46,7 +46,7 @@ def write(tmp_path, text, name="tiny.yaml"):
 
 
 def plan(path, root):
-    from rmaat.experiments.runner import run_configs
+    from rmaat.experiments.jobs import run_configs
     from rmaat.experiments.spec import load_experiment
 
     exp = load_experiment(str(path))
@@ -96,7 +96,7 @@ def test_an_edited_file_makes_its_finished_and_interrupted_runs_stale(tmp_path, 
     """After an edit that changes what is trained (a run-config value, or a data option, which the
     config hash leaves out), a finished run and an interrupted one (a checkpoint, no summary) are
     stale, not done or partial; an unreadable or non-object summary is no result."""
-    from rmaat.experiments.runner import run_state
+    from rmaat.experiments.states import run_state
 
     root = tmp_path / "exp"
     path = write(tmp_path, TINY_EXPERIMENT)
@@ -124,7 +124,8 @@ def test_a_stage_after_a_stale_one_is_stale_and_force_replaces_both(tmp_path):
     refuses in one line naming the count, the difference and both ways out; with force it clears
     exactly those stages."""
     from rmaat.errors import ConfigError
-    from rmaat.experiments.runner import check_stale, job_states
+    from rmaat.experiments.runner import check_stale
+    from rmaat.experiments.states import job_states
 
     root = tmp_path / "exp"
     path = write(tmp_path, TINY_EXPERIMENT)
@@ -236,7 +237,7 @@ def test_every_grid_point_is_validated_before_anything_runs(tmp_path, point, mes
     """validate_experiment (the check `experiment run` makes first, --dry-run included) refuses
     what would fail later in every worker, naming the grid point, and generates nothing."""
     from rmaat.errors import ConfigError
-    from rmaat.experiments.runner import validate_experiment
+    from rmaat.experiments.validate import validate_experiment
     from rmaat.experiments.spec import load_experiment
 
     path = write(tmp_path, TINY_HEADER + f"grid:\n  p: {point}\n")
@@ -249,7 +250,7 @@ def test_every_grid_point_is_validated_before_anything_runs(tmp_path, point, mes
 def test_a_bad_data_option_is_one_line_before_generation_too(tmp_path):
     """Without the up-front check, a real run's data preparation refuses it in one line."""
     from rmaat.errors import ConfigError
-    from rmaat.experiments.runner import run_configs
+    from rmaat.experiments.jobs import run_configs
     from rmaat.experiments.spec import load_experiment
 
     path = write(tmp_path, TINY_EXPERIMENT.replace("size: 60", "size: abc"))
@@ -259,7 +260,7 @@ def test_a_bad_data_option_is_one_line_before_generation_too(tmp_path):
 
 
 def test_the_tiny_and_every_packaged_experiment_validate_at_both_scales(tmp_path):
-    from rmaat.experiments.runner import validate_experiment
+    from rmaat.experiments.validate import validate_experiment
     from rmaat.experiments.spec import available_experiments, load_experiment
 
     assert len(validate_experiment(load_experiment(str(write(tmp_path, TINY_EXPERIMENT))), tmp_path)) == 6
@@ -337,7 +338,7 @@ def test_a_too_short_segment_length_in_a_file_is_named_by_its_key(tmp_path):
     """The memory-task generator's checks speak `pipeline data generate`'s flags; from an experiment
     file they name the file's keys (data.segment_length), not a flag the user never typed."""
     from rmaat.errors import ConfigError
-    from rmaat.experiments.runner import generator_options
+    from rmaat.experiments.data import generator_options
 
     with pytest.raises(ConfigError) as raised:
         generator_options("babi_qa1", {"length": 64, "segment_length": 8, "n_facts": 1})

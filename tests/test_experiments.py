@@ -180,7 +180,8 @@ def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes
     model and takes one AMRB/BPTT training step on random tokens of the run's shape (no data)."""
     from rmaat.encoder.amrb import train_step
     from rmaat.data import get_task
-    from rmaat.experiments.runner import run_configs, validate_experiment
+    from rmaat.experiments.jobs import run_configs
+    from rmaat.experiments.validate import validate_experiment
     from rmaat.experiments.spec import load_experiment
     from rmaat.train.batching import build_run_model
     from rmaat.train.config import RunConfig
@@ -209,7 +210,7 @@ def test_every_packaged_experiment_resolves_at_both_scales_and_paper_scale_takes
 
 
 def test_points_with_a_body_per_scale_and_their_own_task():
-    from rmaat.experiments.runner import stage_task
+    from rmaat.experiments.data import stage_task
     from rmaat.experiments.spec import load_experiment
 
     cpu, paper = load_experiment("lra_shapes", "cpu"), load_experiment("lra_shapes", "paper")

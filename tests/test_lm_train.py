@@ -364,7 +364,7 @@ def test_lm_experiment_runs_reports_and_streams(tmp_path, corpus_dir):
 def test_packaged_lm_experiment_builds_and_steps(scale, tmp_path):
     """Every grid point of the lm experiment validates, builds its LM and takes one training
     step of its backprop mode on two segments of random bytes."""
-    from rmaat.experiments.runner import run_configs
+    from rmaat.experiments.jobs import run_configs
     from rmaat.experiments.spec import load_experiment
     from rmaat.lm.amrb import lm_forward_backward
     from rmaat.train.config import RunConfig

@@ -62,7 +62,9 @@ def test_run_job_resumes_an_interrupted_run_from_its_checkpoint(kjv, tmp_path): 
     records verbatim (a fresh start would clear them and log its own, with its own timings) and
     has each of the 4 train steps exactly once; the losses, the best checkpoint's weights and the
     result equal those of the same job run without interruption."""
-    from rmaat.experiments.runner import run_configs, run_job, run_state
+    from rmaat.experiments.jobs import run_configs
+    from rmaat.experiments.stages import run_job
+    from rmaat.experiments.states import run_state
     from rmaat.experiments.spec import load_experiment
     from rmaat.train.checkpoint import load_checkpoint
     from rmaat.train.config import RunConfig
@@ -186,7 +188,8 @@ def test_classification_report_gives_the_mean_and_interval_over_every_seed(tmp_p
     so the runner would skip them as done): results.csv has one row per seed with that seed's
     value, and results.md the mean ± std, n = 3, the 95% t-interval and the majority baseline of
     all three seeds (not of the first), and the by-depth table the mean over the seeds."""
-    from rmaat.experiments.runner import run_configs, run_state
+    from rmaat.experiments.jobs import run_configs
+    from rmaat.experiments.states import run_state
     from rmaat.experiments.spec import load_experiment
     from rmaat.train.config import RunConfig, config_hash
 

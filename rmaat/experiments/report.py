@@ -3,7 +3,7 @@
 depth for the memory tasks) and a figure.
 
 A run whose config is not the one the experiment file now gives (the file was edited after it
-ran: :func:`rmaat.experiments.runner.run_state` calls it ``stale``) is listed in results.csv with
+ran: :func:`rmaat.experiments.states.run_state` calls it ``stale``) is listed in results.csv with
 ``config`` = ``stale``, named in a warning at the top of results.md, and left out of every mean,
 interval and figure: its numbers answer another question."""
 
@@ -74,9 +74,10 @@ def _by_depth(summary: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def result_states(exp: Experiment, root: Path) -> dict[tuple[str, int, int], str]:
-    """``(point, seed, stage) -> run state`` (runner.job_states) for the configs the file gives now
+    """``(point, seed, stage) -> run state`` (states.job_states) for the configs the file gives now
     (a tuned experiment's final runs at the values its tuning chose)."""
-    from rmaat.experiments.runner import current_jobs, job_states
+    from rmaat.experiments.runner import current_jobs
+    from rmaat.experiments.states import job_states
 
     return {(job.point, job.seed, i): state for job in current_jobs(exp, root)
             for i, state in enumerate(job_states(job))}
@@ -114,10 +115,10 @@ def collect_rows(exp: Experiment, root: Path) -> list[dict[str, Any]]:
 
 
 def _tuning_plan(exp: Experiment, root: Path) -> Any:
-    """The experiment's tuning plan (rmaat.experiments.tuning), None when it tunes nothing."""
+    """The experiment's tuning plan (rmaat.experiments.tuning_plan), None when it tunes nothing."""
     if exp.tuning is None:
         return None
-    from rmaat.experiments.tuning import plan
+    from rmaat.experiments.tuning_plan import plan
 
     return plan(exp, root)
 

@@ -42,7 +42,7 @@ such as ``sett:`` is an error naming the allowed keys, never silently ignored), 
 repeat a key, the experiment's and grid points' names become folders and must be safe path
 components (:data:`NAME_RULE`), and ``metric`` must be a number the runs' summaries hold
 (:data:`METRICS`). Run-config keys and values are checked against the base config by
-:func:`rmaat.experiments.runner.validate_experiment`, before anything runs.
+:func:`rmaat.experiments.validate.validate_experiment`, before anything runs.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ STAGE_KEYS = ("data", "set", "name", "evaluate")
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: The numbers a run's summary.json holds that ``metric`` may name, per kind of result stage: a
 #: classifier run (rmaat.train.summary.run_summary), a byte-LM run (rmaat.train.lm_trainer.
-#: lm_run_summary) and an evaluate stage (rmaat.experiments.runner.evaluate_stage).
+#: lm_run_summary) and an evaluate stage (rmaat.experiments.stages.evaluate_stage).
 METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("test_accuracy", "val_accuracy", "final_val_accuracy", "test_loss"),
     "language model": ("test_bpb", "val_bpb", "final_val_bpb", "test_loss", "test_accuracy"),

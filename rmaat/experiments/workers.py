@@ -42,10 +42,6 @@ STOPPED = 3
 _PR_SET_PDEATHSIG = 1
 
 
-class JobStopped(RuntimeError):
-    """A job's trainer stopped early (a signal or ``train.stop_after``) with its checkpoint saved."""
-
-
 @dataclass
 class Outcome:
     """What became of one job: ``done``, ``failed`` (with ``error``) or ``stopped``."""
@@ -201,7 +197,7 @@ def worker_main(argv: Iterator[str] | list[str]) -> int:
     job_file, error_file = map(Path, argv)
     signal.signal(signal.SIGTERM, _interrupt)  # the trainer installs its own for the step loop
     _die_with_parent()
-    from rmaat.experiments.runner import run_job
+    from rmaat.experiments.stages import JobStopped, run_job
 
     job = pickle.loads(job_file.read_bytes())
     try:
@@ -219,7 +215,4 @@ def worker_main(argv: Iterator[str] | list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # through the package module, so that JobStopped here is the class run_job raises
-    from rmaat.experiments.workers import worker_main as _worker_main
-
-    sys.exit(_worker_main(sys.argv[1:]))
+    sys.exit(worker_main(sys.argv[1:]))
