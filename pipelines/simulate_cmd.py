@@ -22,15 +22,10 @@ from neuro_sim.errors import SimulationInputError
 from neuro_sim.protocol import MAX_SEGMENTS, validate_segment_count
 from pipelines.options import parse_int_list
 from retention.atomic import output_path
+from retention.build import build_table, update_table
 from retention.errors import RetentionTableError
 from retention.macro_model import DEFAULT_FAMILIES, ModelSelection, fit_macro_model
-from retention.table import (
-    build_table,
-    format_ranges,
-    read_table,
-    update_table,
-    user_table_path,
-)
+from retention.table import format_ranges, read_table, user_table_path
 
 #: The fit always sees at least this many segments, so that three-parameter families are
 #: well determined and the plateau is visible even when only T = 2 is requested.

@@ -3,6 +3,7 @@
 Never imports brian2: a training node needs only the table (``load_retention_factors``).
 """
 
+from retention.build import build_table, merge_tables
 from retention.errors import RetentionTableError
 from retention.factors import (
     VARIANTS,
@@ -21,9 +22,7 @@ from retention.macro_model import (
     fit_macro_model,
 )
 from retention.table import (
-    build_table,
     load_retention_factors,
-    merge_tables,
     packaged_table_path,
     read_table,
     user_table_path,

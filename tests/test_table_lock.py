@@ -52,7 +52,7 @@ HELPER = textwrap.dedent('''
     def table_of(T):
         """The table `pipeline simulate --segments T` builds (before it is written)."""
         from retention.macro_model import fit_macro_model
-        from retention.table import build_table
+        from retention.build import build_table
 
         sim = fake_simulate((T, 16))
         return build_table(sim, fit_macro_model(sim["ltp_end"].values[:16]), [T])
@@ -76,7 +76,7 @@ HELPER = textwrap.dedent('''
                 write_table(table_of(int(args[1])), args[0])
     elif command == "update":  # update_table(row T) waiting at most TIMEOUT seconds
         from retention.errors import RetentionTableError
-        from retention.table import update_table
+        from retention.build import update_table
 
         try:
             update_table(table_of(int(args[1])), args[0], lock_timeout=float(args[2]))
