@@ -230,3 +230,24 @@ def test_no_module_is_longer_than_the_limit():
                for package in PACKAGES for p in (REPO / package).rglob("*.py")}
     too_long = {path: n for path, n in sorted(lengths.items()) if n > MAX_MODULE_LINES}
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split each along a seam): {too_long}"
+
+
+def test_model_families_import_the_shared_parts_not_each_other():
+    """rmaat.encoder (classifier) and rmaat.lm (byte LM) each build on the shared parts
+    (attention, block, embeddings, memory, replay, ...); neither imports the other, and no shared
+    part imports a family."""
+    graph = import_graph()
+    families = ("rmaat.encoder", "rmaat.lm")
+
+    def family(module: str) -> str | None:
+        return next((f for f in families if module == f or module.startswith(f + ".")), None)
+
+    shared = [m for m in graph if m.startswith("rmaat.") and m.count(".") == 1 and family(m) is None
+              and (REPO / "rmaat" / f"{m.split('.')[1]}.py").is_file()] + \
+             [m for m in graph if m.startswith("rmaat.attention")]
+    assert {"rmaat.block", "rmaat.embeddings", "rmaat.memory", "rmaat.replay", "rmaat.attention.causal"} <= set(shared)
+    crossing = sorted(f"{m} -> {t}" for m in graph for t in graph[m]
+                      if family(m) and family(t) and family(m) != family(t))
+    assert not crossing, f"one model family imports the other: {crossing}"
+    upward = sorted(f"{m} -> {t}" for m in shared for t in graph[m] if family(t))
+    assert not upward, f"a shared part imports a model family: {upward}"
