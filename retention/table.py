@@ -32,7 +32,8 @@ Writes are atomic (temporary file in the target directory, then ``os.replace``),
 both writing and reading validate the table; ``read_table`` raises
 ``RetentionTableError`` naming the file and what is wrong.  ``retention.build.update_table``
 reads, merges and writes under the table's lock (:func:`table_lock`: ``.<name>.lock`` beside
-it, :mod:`retention.lock`), so that two simulations into one table both keep their rows: the second waits for the first.
+it, :mod:`retention.lock`), so that two simulations into one table both keep their rows: the
+second waits for the first.
 
 ``load_retention_factors(T)`` looks up, in order: an explicit ``path`` (only that file);
 otherwise the user table (``$RMAAT_RETENTION_TABLE``, else
@@ -184,8 +185,9 @@ def write_table(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     return atomic_write_path(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
 
 
-#: How long :func:`retention.build.update_table` waits for another process's update of the same table. An
-#: update holds the lock for one read, merge and write (seconds), so only a hung one lasts this.
+#: How long :func:`retention.build.update_table` waits for another process's update of the same
+#: table. An update holds the lock for one read, merge and write (seconds), so only a hung one
+#: lasts this.
 TABLE_LOCK_TIMEOUT_S = 120.0
 
 
