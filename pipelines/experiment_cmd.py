@@ -137,7 +137,7 @@ def run(name: str, scale: str, seeds: int | None, jobs: int, dry_run: bool, prog
     start = time.perf_counter()
     try:
         with _sigterm_unwinds():  # data generation cleans its temp folder on SIGTERM too
-            run_experiment(exp, folder, jobs=jobs, log=click.echo, progress=progress)
+            run_experiment(exp, folder, jobs=jobs, log=click.echo, progress=progress, force=force)
     except ExperimentStopped as stopped:
         click.echo(str(stopped), err=True)
         raise SystemExit(stopped.exit_code) from None

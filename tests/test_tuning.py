@@ -113,6 +113,21 @@ def test_the_sweep_picks_the_rate_that_learns_and_never_reads_the_test_split(tun
         assert "4 runs, 4 already done, 0 to run" in again.output
         assert "resume from checkpoints/last.pt" in (victim.parent / "seed0.log").read_text()
         assert (folder / "rmaat" / "tune" / "lr0.03" / "seed0" / "summary.json").stat().st_mtime_ns == kept
+
+        # a changed sweep that changes the choice makes the finished final runs stale: known only once
+        # the new candidates ran, so the wave before the final runs refuses them in one line...
+        tuned.write_text(tuned.read_text().replace("[1.0e-9, 3.0e-2]", "[1.0e-9, 1.0e-8]"))
+        refused = invoke("experiment", "run", tuned, "--root", root, "--jobs", "1", "--no-progress")
+        assert refused.exit_code == 1, refused.output
+        assert "were run with another configuration" in refused.output and "--force" in refused.output
+        assert "Traceback" not in refused.output and "not empty" not in refused.output
+        # ... and --force replaces them with runs at the new choice
+        forced = invoke("experiment", "run", tuned, "--root", root, "--jobs", "1", "--no-progress", "--force")
+        assert forced.exit_code == 0, forced.output
+        assert "replacing 4 run(s) of an older configuration" in forced.output
+        for point in ("rmaat", "rmt"):
+            config = (folder / point / "seed1" / "config.yaml").read_text()
+            assert "lr: 0.03" not in config and "lr: 1.0e-0" in config
     finally:
         torch.set_num_threads(threads)
 

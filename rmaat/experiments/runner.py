@@ -52,10 +52,19 @@ def check_stale(exp: Experiment, root: Path, force: bool = False, log: Callable[
     interrupted) of another configuration than the file now gives: resuming them fails in every
     worker and reporting them shows the old numbers. With ``force`` their stale stages, and every
     stage after those, are cleared (``rundir.clear_run_dir``: the run's own artefacts only) so
-    that they start afresh. Returns the jobs so cleared."""
+    that they start afresh. Returns the jobs so cleared.
+
+    Only the jobs whose configs are known now are checked; a tuned experiment learns the rest wave
+    by wave, and :func:`run_experiment` applies :func:`replace_stale` to each wave before it runs."""
+    return replace_stale(exp, root, current_jobs(exp, root), force, log)
+
+
+def replace_stale(exp: Experiment, root: Path, jobs: list[Job], force: bool,
+                  log: Callable[[str], None] = print) -> list[Job]:
+    """:func:`check_stale` for the given jobs: ConfigError naming --force when some are stale,
+    or, with ``force``, clear their stale stages and every stage after those."""
     from rmaat.train.rundir import clear_run_dir
 
-    jobs = current_jobs(exp, root)
     stale = stale_runs(jobs)
     if not stale:
         return []
@@ -82,23 +91,28 @@ def check_stale(exp: Experiment, root: Path, force: bool = False, log: Callable[
 
 
 def run_experiment(exp: Experiment, root: Path, jobs: int = 1, log: Callable[[str], None] = print,
-                   progress: bool = False) -> list[Job]:
+                   progress: bool = False, force: bool = False) -> list[Job]:
     """Run every unfinished job, ``jobs`` worker processes at a time; return the final jobs (for the
     report). A tuned experiment first runs its tuning sweeps, wave by wave (a curriculum's stage i
     once stage i-1 is chosen), then the final runs at each point's chosen values.
 
     SIGINT/SIGTERM stop it (see :mod:`rmaat.experiments.workers`): raises :class:`ExperimentStopped`
     once every worker has saved its checkpoint and exited.
+
+    A wave's runs made with another configuration than the file now gives (a final run whose
+    choice a widened sweep changed) are refused, or replaced with ``force`` (:func:`replace_stale`).
     """
     choices = None
     if exp.tuning is not None:
-        choices = _run_tuning(exp, root, jobs, log, progress)
+        choices = _run_tuning(exp, root, jobs, log, progress, force)
     plan = run_configs(exp, root, log, choices=choices)
+    replace_stale(exp, root, plan, force, log)
     run_wave(exp, plan, jobs, log, progress, what=f"{exp.name} ({exp.scale})", metric=exp.metric)
     return plan
 
 
-def _run_tuning(exp: Experiment, root: Path, jobs: int, log: Callable[[str], None], progress: bool) -> Choices:
+def _run_tuning(exp: Experiment, root: Path, jobs: int, log: Callable[[str], None], progress: bool,
+                force: bool = False) -> Choices:
     """Run the tuning sweeps until every point has its choice; return the choices."""
     from rmaat.experiments.tuning import candidate_label
     from rmaat.experiments.tuning_plan import plan
@@ -118,6 +132,7 @@ def _run_tuning(exp: Experiment, root: Path, jobs: int, log: Callable[[str], Non
             raise ConfigError(f"{exp.source}: the tuning runs finished but their summaries lack "
                               f"{exp.tuning.metric}; choose a tune.metric the runs report")
         wave += 1
+        replace_stale(exp, root, tuning.pending, force, log)
         run_wave(exp, tuning.pending, jobs, log, progress, what=f"{exp.name} tuning wave {wave}",
                  metric=exp.tuning.metric)
 
