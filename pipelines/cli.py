@@ -40,6 +40,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "pipelines.train_cmd:train",
     "evaluate": "pipelines.train_cmd:evaluate",
     "generate": "pipelines.generate_cmd:generate",
+    "export": "pipelines.export_cmd:export",
     "bench": "pipelines.bench_cmd:bench",
     "plot": "pipelines.plot_cmd:plot",
     "experiment": "pipelines.experiment_cmd:experiment",

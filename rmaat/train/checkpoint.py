@@ -87,8 +87,15 @@ def _load_failure(error: Exception) -> str:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and sanity-check a checkpoint; CheckpointError if missing, corrupt or foreign."""
+    """Read and sanity-check a checkpoint; CheckpointError if missing, corrupt or foreign.
+
+    ``path`` may also be a folder written by ``pipeline export`` (read and checked by
+    :func:`rmaat.hub.folder.read_folder`, into the same dict, without optimizer or RNG state)."""
     path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():  # a folder of `pipeline export` (rmaat.hub)
+        from rmaat.hub.folder import read_folder
+
+        return {"format": FORMAT, **read_folder(path, map_location)}
     if path.is_dir():
         inside = sorted(str(p) for p in path.glob("**/checkpoints/*.pt"))[:2] or sorted(map(str, path.glob("*.pt")))[:2]
         raise CheckpointError(f"checkpoint {path} is a directory; give a checkpoint file"
