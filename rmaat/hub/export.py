@@ -31,7 +31,7 @@ import torch
 
 from rmaat.errors import CheckpointError, ConfigError
 from rmaat.hub.folder import CARD_NAME, CONFIG_NAME, FOLDER_FORMAT, WEIGHTS_NAME, file_sha256
-from rmaat.train.checkpoint import DIGEST_KEY, load_checkpoint, stored_config
+from rmaat.train.checkpoint import DIGEST_KEY, load_checkpoint, load_model_weights, stored_config
 from rmaat.train.config import RunConfig
 
 #: Run-dir files copied into the folder (source name -> name in the folder), when present.
@@ -68,11 +68,7 @@ def build_from_state(state: dict[str, Any], config: RunConfig, where: str | Path
         from rmaat.train.batching import build_run_model
 
         model, factors = build_run_model(config, get_task(config.task), state.get("retention_factors"))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{where} does not fit the model its config describes "
-                              f"({str(error).splitlines()[0]})") from None
+    load_model_weights(model, state["model"], where)
     return model.eval(), factors
 
 

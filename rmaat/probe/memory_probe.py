@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from rmaat.errors import CheckpointError, ConfigError
+from rmaat.errors import ConfigError
 
 NOTE = ("In one-fact stories (qa1 with one fact) the answer is a property of the memory alone. With "
         "distractors (qa2, or more than one fact) the probe decodes the answer without the question, "
@@ -214,7 +214,7 @@ def load_probe_model(checkpoint: str | Path, *, split: str, data_dir: str | None
     from rmaat.data.kjv_lm import is_lm_task
     from rmaat.data.tasks import check_split
     from rmaat.train.batching import build_run_model, load_splits
-    from rmaat.train.checkpoint import load_checkpoint, stored_config
+    from rmaat.train.checkpoint import load_checkpoint, load_model_weights, stored_config
 
     check_split(split)
     state = load_checkpoint(checkpoint)
@@ -229,11 +229,7 @@ def load_probe_model(checkpoint: str | Path, *, split: str, data_dir: str | None
     if not model.cfg.recurrent or model.cfg.dual_encoder:
         kind = "dual-encoder" if model.cfg.dual_encoder else "non-recurrent"
         raise ConfigError(f"{needs}; {checkpoint} is a {kind} {config.model.preset} model of {config.task}")
-    try:
-        model.load_state_dict(dict(state["model"]))
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit the model its config describes "
-                              f"({str(error).splitlines()[0]})") from None
+    load_model_weights(model, dict(state["model"]), f"checkpoint {checkpoint}")
     datasets = load_splits(config, spec, tuple(dict.fromkeys(("train", split))))
     return config, spec, model, int(state["step"]), datasets
 

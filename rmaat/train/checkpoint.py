@@ -187,6 +187,16 @@ def check_resumable(state: dict[str, Any], path: Path, config, world_size: int) 
                           f"rerun with the original options or use a new --run-dir")
 
 
+def load_model_weights(model: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
+    """``model.load_state_dict(weights)``; CheckpointError (one line) naming ``where`` (e.g.
+    ``checkpoint R/best.pt``) when the weights do not fit the model the stored config describes."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{where} does not fit the model its config describes "
+                              f"({str(error).splitlines()[0]})") from None
+
+
 def init_weights(model: torch.nn.Module, path: Path) -> None:
     """Load every parameter of ``model`` from the checkpoint at ``path`` (a curriculum stage).
 

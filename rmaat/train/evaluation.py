@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from rmaat.errors import CheckpointError, ConfigError, DataError
+from rmaat.errors import ConfigError, DataError
 from rmaat.train.batching import Collate, build_run_model, load_splits, model_inputs, task_identity
-from rmaat.train.checkpoint import load_checkpoint, stored_config
+from rmaat.train.checkpoint import load_checkpoint, load_model_weights, stored_config
 from rmaat.train.config import RunConfig
 from rmaat.train.distributed import DistInfo, ShardSampler, all_reduce_sum, distributed_session
 
@@ -148,11 +148,7 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", data_dir: str 
     weights = dict(state["model"])
     if segments is not None and "retention_factors" in weights:  # the trained T's: keep the new T's
         weights["retention_factors"] = model.retention_factors
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
-                              f"({str(error).splitlines()[0]})") from None
+    load_model_weights(model, weights, f"checkpoint {path}")
     with distributed_session(device) as (info, torch_device):
         model.to(torch_device)
         bs = batch_size or config.train.batch_size // config.train.grad_accum

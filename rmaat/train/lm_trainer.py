@@ -36,7 +36,7 @@ from rmaat.errors import CheckpointError, ConfigError, DataError
 from rmaat.lm.amrb import lm_forward_backward
 from rmaat.lm.config import LMConfig
 from rmaat.lm.model import CausalLM
-from rmaat.train.checkpoint import load_checkpoint, stored_config
+from rmaat.train.checkpoint import load_checkpoint, load_model_weights, stored_config
 from rmaat.train.config import RunConfig, config_hash
 from rmaat.train.distributed import DistInfo, all_reduce_sum, distributed_session
 from rmaat.train.evaluation import autocast_context
@@ -282,11 +282,7 @@ def load_lm_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         raise CheckpointError(f"checkpoint {path} is a {config.task} classifier, not a language model; "
                               "train one with `pipeline train --task kjv_lm`")
     model = CausalLM(lm_config_from_run(config), retention_loader(config))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes "
-                              f"({str(error).splitlines()[0]})") from None
+    load_model_weights(model, state["model"], f"checkpoint {path}")
     return model.to(device).eval(), config, state
 
 
