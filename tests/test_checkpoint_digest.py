@@ -96,3 +96,16 @@ def test_the_digest_covers_names_shapes_and_dtypes():
     # a non-contiguous view hashes as its values, like the contiguous copy torch.save writes
     t = torch.arange(12.0).view(3, 4)
     assert tensor_digest({"t": t.t()}) == tensor_digest({"t": t.t().contiguous()})
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line_checkpoint_errors():
+    import torch
+
+    from rmaat.errors import CheckpointError
+    from rmaat.train.checkpoint import load_model_weights
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r"^checkpoint X does not fit the model its config describes \(") as info:
+        load_model_weights(model, torch.nn.Linear(3, 2).state_dict(), "checkpoint X")
+    assert "\n" not in str(info.value)
+    load_model_weights(model, torch.nn.Linear(2, 2).state_dict(), "checkpoint X")  # fitting weights load
